@@ -1,0 +1,5 @@
+"""Datasets: every one returns the same sample dict (see ``synthetic.sample_from_arrays``)."""
+
+from icm_core.data.synthetic import SyntheticScenes
+
+__all__ = ["SyntheticScenes"]
