@@ -26,12 +26,50 @@ def _cmd_data_preview(args) -> int:
     return 0
 
 
+def model_info(overrides) -> dict:
+    """The resolved model described without building it in memory (meta device, no weights)."""
+    from icm_core.config import load_config
+    from icm_core.models.adapters import adapter_state_dict
+    from icm_core.models.backbone import weights_available
+    from icm_core.models.icm import build_model, serialized_size
+
+    cfg = load_config(overrides)
+    model = build_model(cfg, "meta")
+    report = model.trainable_parameters(model.tasks[0])
+    return {
+        "experiment": cfg.name,
+        "backbone": cfg.backbone.name,
+        "pretrained": weights_available(cfg.backbone),
+        "adapter": {"mode": cfg.adapter.mode, "rank": cfg.adapter.rank, "targets": list(cfg.adapter.targets)},
+        "backbone_params": report.backbone_params,
+        "trainable_backbone_params": report.trainable_backbone_params,
+        "trainable_percent": round(report.trainable_percent, 4),
+        "adapter_bytes": serialized_size(adapter_state_dict(model.backbone, model.tasks[0])),
+        "head_params": sum(p.numel() for p in model.heads[model.tasks[0]].parameters()),
+        "tasks": list(model.tasks),
+        "dataset": cfg.data.name,
+        "compression": cfg.model.compression,
+        "decoder": cfg.model.decoder,
+    }
+
+
+def _cmd_info(args) -> int:
+    import json
+
+    print(json.dumps(model_info(args.overrides), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icm",
         description="Image coding for machines with low-rank adapted pre-trained backbones.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe the resolved model as JSON (no weights, no network)")
+    info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper adapter.rank=16")
+    info.set_defaults(func=_cmd_info)
 
     data = sub.add_parser("data", help="inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)

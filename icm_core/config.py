@@ -1,0 +1,174 @@
+"""Structured configs: one dataclass per concern, shared by Hydra, the CLI and the widgets.
+
+Each field's ``metadata["help"]`` is its tooltip; ``Literal`` fields become dropdowns.
+Validation lives in ``__post_init__`` so a bad value fails where it is set, with a
+``ConfigError`` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from icm_core.errors import ConfigError
+
+ADAPTER_MODES = ("dora", "lora", "full", "fixed", "scratch")
+TARGET_NAMES = ("q", "k", "v", "o", "up", "down")
+DECODER_KINDS = ("low", "full")
+
+
+def _help(text: str, default: Any = None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class BackboneConfig:
+    name: str = _help("timm model name (any ViT with forward_intermediates)", "eva02_tiny_patch14_224")
+    weights: str = _help("'auto' (hub when online, else random), 'hub', 'none' (random) or a local "
+                         "checkpoint path", "none")
+    patch_size: int = _help("patch size; 16 gives the paper's output stride 16", 16)
+    depth: int | None = _help("number of blocks (None: the variant's own; small values for tests)",
+                              None)
+    out_indices: list[int] | None = _help("blocks whose outputs feed the decoders (None: 4 evenly "
+                                          "spaced, ending at the last)", None)
+    img_size: int = _help("nominal input size used to build position embeddings", 224)
+
+    def __post_init__(self):
+        if self.patch_size < 1:
+            raise ConfigError(f"backbone.patch_size={self.patch_size} must be positive (16 in the paper)")
+        if self.depth is not None and self.depth < 1:
+            raise ConfigError(f"backbone.depth={self.depth} must be positive or null")
+
+
+@dataclass
+class AdapterConfig:
+    mode: str = _help("dora | lora (low-rank, per task) | full | fixed | scratch", "dora")
+    rank: int = _help("rank r of the low-rank update BA", 8)
+    alpha: float | None = _help("LoRA scaling numerator (scale = alpha / rank); None: alpha = rank",
+                                None)
+    targets: list[str] = _help("adapted projections, from q, k, v, o, up, down",
+                               factory=lambda: ["q", "k", "v"])
+
+    def __post_init__(self):
+        if self.mode not in ADAPTER_MODES:
+            raise ConfigError(f"adapter.mode={self.mode!r}; choose one of {list(ADAPTER_MODES)}")
+        if self.mode in ("dora", "lora"):
+            if self.rank < 1:
+                raise ConfigError(f"adapter.rank={self.rank} must be >= 1")
+            bad = [t for t in self.targets if t not in TARGET_NAMES]
+            if bad or not self.targets:
+                raise ConfigError(f"adapter.targets={list(self.targets)}: choose a non-empty subset "
+                                  f"of {list(TARGET_NAMES)}")
+
+
+@dataclass
+class ModelConfig:
+    prelim_width: int = _help("channels of the preliminary decoders' task features", 64)
+    latent_channels: int = _help("channels M of the compressed latent y", 64)
+    hyper_channels: int = _help("channels of the hyperprior z", 64)
+    decoder: str = _help("low (the paper's low-complexity decoder) | full (Full Dec ablation)", "low")
+    decoder_dims: list[int] = _help("channels of the decoder stages", factory=lambda: [64, 32, 16])
+    decoder_depths: list[int] = _help("blocks per decoder stage", factory=lambda: [1, 1, 1])
+    decoder_heads: int = _help("attention heads in every decoder stage", 2)
+    inter_sup: bool = _help("supervise the preliminary predictions (False: 'No InterSup')", True)
+    compression: bool = _help("compress the latent (False: the uncompressed 'Baseline')", True)
+
+    def __post_init__(self):
+        if self.decoder not in DECODER_KINDS:
+            raise ConfigError(f"model.decoder={self.decoder!r}; choose one of {list(DECODER_KINDS)}")
+        stages = 3 if self.decoder == "low" else 4
+        for name in ("decoder_dims", "decoder_depths"):
+            if len(getattr(self, name)) != stages:
+                raise ConfigError(f"model.{name}={list(getattr(self, name))} needs {stages} entries "
+                                  f"for the {self.decoder!r} decoder")
+        if any(d % self.decoder_heads for d in self.decoder_dims):
+            raise ConfigError(f"model.decoder_dims={list(self.decoder_dims)} must all be divisible by "
+                              f"model.decoder_heads={self.decoder_heads}")
+
+
+@dataclass
+class DataConfig:
+    name: str = _help("synthetic | nyud | pascal", "synthetic")
+    root: str | None = _help("dataset folder (real datasets)", None)
+    size: list[int] = _help("training crop (H, W)", factory=lambda: [64, 64])
+    train_length: int = _help("synthetic: scenes in the training split", 512)
+    val_length: int = _help("synthetic: scenes in the validation split", 32)
+    seed: int = _help("synthetic: dataset seed", 0)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _help("optimizer steps", 300)
+    batch_size: int = _help("images per step (global, over all processes)", 2)
+    lr: float = _help("Adam learning rate", 2e-5)
+    weight_decay: float = _help("Adam weight decay", 1e-6)
+    poly_power: float = _help("polynomial LR decay power", 0.9)
+    eval_every: int = _help("steps between evaluations at real bitstream rates (0: never)", 0)
+    checkpoint_every: int = _help("steps between checkpoints (0: only at the end)", 0)
+    seed: int = _help("random seed", 0)
+    num_workers: int = _help("data loader workers", 0)
+    amp: bool = _help("bf16 autocast on CUDA", True)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _help("experiment name, used in result files", "quick")
+    tasks: list[str] = _help("tasks, each with its own adapter, heads, entropy model and decoder",
+                             factory=lambda: ["semseg"])
+    lmbda: float = _help("rate-accuracy trade-off: L = R + lambda * L_task", 1.0)
+    out_dir: str = _help("where checkpoints and results go", "outputs")
+    resume: bool = _help("continue from the checkpoint in out_dir", False)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.adapter.mode in ("full", "scratch") and len(self.tasks) > 1:
+            raise ConfigError(
+                f"adapter.mode={self.adapter.mode!r} trains the whole backbone, one copy per task; "
+                f"tasks={list(self.tasks)} would share it. Train one task per run, or use dora/lora")
+        if self.lmbda <= 0:
+            raise ConfigError(f"lmbda={self.lmbda} must be positive")
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=ExperimentConfig)
+
+
+def to_experiment(cfg) -> ExperimentConfig:
+    """A composed OmegaConf tree -> validated ``ExperimentConfig`` (``ConfigError`` on bad values)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg) if not isinstance(cfg, ExperimentConfig) else cfg
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0] + f" (at {getattr(e, 'full_key', '?')})") from e
+
+
+def load_config(overrides=()) -> ExperimentConfig:
+    """Compose the packaged Hydra tree with command-line style ``overrides``.
+
+    >>> load_config(["experiment=paper"]).backbone.name
+    'eva02_large_patch14_448.mim_m38m_ft_in22k'
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schema()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("icm_core.conf", version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"overrides {list(overrides)}: {str(e).splitlines()[0]}") from e
+    return to_experiment(cfg)

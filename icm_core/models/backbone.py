@@ -1,0 +1,192 @@
+"""Section 2.2: the frozen pre-trained vision backbone (EVA-02 via timm), shared by all tasks.
+
+The encoder is a plain ViT at output stride 16 (the EVA-02 patch embedding resampled from
+14 to 16 pixels when weights are loaded). Features of 4 blocks are returned as NCHW maps
+(B, C, H/16, W/16). Attention projections are built unfused (``qkv_fused=False``) so that
+adapters wrapped around ``q_proj``/``k_proj``/``v_proj`` are really in the forward path: a
+fused ``qkv`` is read through ``F.linear(x, self.qkv.weight)`` and would bypass them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from icm_core.config import BackboneConfig
+from icm_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PAPER_BACKBONE = "eva02_large_patch14_448.mim_m38m_ft_in22k"
+RANDOM_WEIGHTS_WARNING = (
+    "backbone {name!r} has RANDOM weights ({why}): features are not pre-trained, results are "
+    "not comparable with the paper. Give backbone.weights=PATH or run online with weights=hub."
+)
+
+
+def evenly_spaced_indices(depth: int, n: int = 4) -> list[int]:
+    """``n`` block indices spread over ``depth`` blocks, the last one included (e.g. 24 -> 5,11,17,23)."""
+    step = depth / n
+    return sorted({max(0, round(step * (i + 1)) - 1) for i in range(n)})
+
+
+def split_fused_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a fused-qkv EVA checkpoint (``attn.qkv.weight``, ``q_bias``, ``v_bias``) to the
+    unfused layout (``attn.q_proj/k_proj/v_proj``). Unfused checkpoints pass unchanged."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("attn.qkv.weight"):
+            q, kk, vv = v.chunk(3, dim=0)
+            base = k[: -len("qkv.weight")]
+            out[base + "q_proj.weight"], out[base + "k_proj.weight"], out[base + "v_proj.weight"] = q, kk, vv
+        elif k.endswith("attn.q_bias"):
+            out[k[: -len("q_bias")] + "q_proj.bias"] = v
+        elif k.endswith("attn.v_bias"):
+            out[k[: -len("v_bias")] + "v_proj.bias"] = v
+        elif k.endswith("attn.qkv.bias"):
+            q, _, vv = v.chunk(3, dim=0)
+            base = k[: -len("qkv.bias")]
+            out[base + "q_proj.bias"], out[base + "v_proj.bias"] = q, vv
+        else:
+            out[k] = v
+    return out
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights={str(path)!r}: no such file; give a .safetensors/.pth "
+                          "checkpoint, 'hub' (online) or 'none'")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary unpickling
+    for key in ("model_ema", "model", "module", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def _hub_file(name: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ConfigError(f"backbone {name!r} has no hub weights in timm; give a local file")
+    return Path(hf_hub_download(cfg.hf_hub_id, "model.safetensors"))
+
+
+class Backbone(nn.Module):
+    """A timm ViT returning 4 intermediate feature maps at stride ``patch_size``.
+
+    Args:
+        cfg: name, weights source, patch size, depth override, feature block indices.
+        load_weights: False builds the architecture only (``pretrained`` stays False, no warning).
+
+    Attributes:
+        pretrained: ``False`` when the weights are random (say so in every report).
+        out_indices: the blocks whose outputs are returned.
+        embed_dim: channels of each feature map.
+    """
+
+    def __init__(self, cfg: BackboneConfig, load_weights: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        arch = cfg.name.split(".")[0]
+        kwargs = dict(pretrained=False, num_classes=0, patch_size=cfg.patch_size,
+                      img_size=cfg.img_size, dynamic_img_size=True)
+        if arch.startswith("eva02"):
+            kwargs["qkv_fused"] = False
+        if cfg.depth is not None:
+            kwargs["depth"] = cfg.depth
+        try:
+            self.model = timm.create_model(arch, **kwargs)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"backbone.name={cfg.name!r} cannot be built by timm: {e}") from e
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ConfigError(f"backbone.name={cfg.name!r} has no forward_intermediates; use a ViT")
+        depth = len(self.model.blocks)
+        if depth < 4:
+            raise ConfigError(f"backbone.depth={depth}: the decoders read 4 different blocks; use >= 4")
+        self.out_indices = list(cfg.out_indices or evenly_spaced_indices(depth))
+        if len(set(self.out_indices)) != 4 or not all(0 <= i < depth for i in self.out_indices):
+            raise ConfigError(f"backbone.out_indices={self.out_indices}: give 4 block indices in "
+                              f"[0, {depth})")
+        self.embed_dim = self.model.embed_dim
+        self.stride = cfg.patch_size
+        pc = self.model.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1), False)
+        self.pretrained = False
+        self.weights_source = "random"
+        if load_weights:
+            self._load_weights(cfg)
+
+    def _load_weights(self, cfg: BackboneConfig) -> None:
+        w = cfg.weights
+        if w in ("none", "", None):
+            log.warning(RANDOM_WEIGHTS_WARNING.format(name=cfg.name, why="backbone.weights=none"))
+            return
+        if w in ("hub", "auto"):
+            try:
+                path = _hub_file(cfg.name)
+            except ConfigError:
+                raise
+            except Exception as e:  # offline, no cache, hub error
+                if w == "hub":
+                    raise ConfigError(f"backbone.weights=hub: could not fetch {cfg.name!r} ({e}); "
+                                      "go online or give a local file") from e
+                log.warning(RANDOM_WEIGHTS_WARNING.format(name=cfg.name, why=f"hub unavailable: {e}"))
+                return
+        else:
+            path = Path(os.path.expanduser(w))
+        self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Load a timm/EVA checkpoint (fused or unfused qkv, patch 14 or 16) strictly."""
+        from timm.models.eva import checkpoint_filter_fn
+
+        state = split_fused_qkv(_read_state_dict(Path(path)))
+        state = checkpoint_filter_fn(state, self.model)
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))
+                 or k in self.model.state_dict()}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "rope" not in k]
+        if missing or unexpected:
+            raise ConfigError(f"backbone.weights={str(path)!r} does not fit {self.cfg.name!r}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.pretrained = True
+        self.weights_source = str(path)
+        log.info("backbone %s: loaded %s", self.cfg.name, path)
+
+    @property
+    def vit(self) -> nn.Module:
+        """The timm model (unwrapped from peft when adapters are attached)."""
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """image (B, 3, H, W) in [0, 1], H and W multiples of the stride -> 4 x (B, C, H/16, W/16)."""
+        x = (image - self.mean) / self.std
+        return self.vit.forward_intermediates(x, indices=self.out_indices, intermediates_only=True,
+                                              output_fmt="NCHW")
+
+
+def weights_available(cfg: BackboneConfig) -> bool:
+    """Would ``Backbone(cfg)`` load pre-trained weights here and now, without the network?"""
+    w = cfg.weights
+    if w in ("none", "", None):
+        return False
+    if w in ("hub", "auto"):
+        from huggingface_hub import try_to_load_from_cache
+
+        pc = timm.models.get_pretrained_cfg(cfg.name)
+        if pc is None or not pc.hf_hub_id:
+            return False
+        return isinstance(try_to_load_from_cache(pc.hf_hub_id, "model.safetensors"), str)
+    return Path(os.path.expanduser(w)).is_file()
