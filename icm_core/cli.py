@@ -60,12 +60,142 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from icm_core.hydra_app import train_app
+
+    saved = sys.argv
+    sys.argv = ["icm train", *args.overrides]
+    try:
+        train_app()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from icm_core.checkpoint import load_checkpoint
+    from icm_core.data import make_dataset
+    from icm_core.evaluate import evaluate, write_results
+    from icm_core.train import default_device
+
+    device = default_device()
+    model, ckpt = load_checkpoint(args.checkpoint, device)
+    dataset = make_dataset(model.cfg.data, "val", model.tasks)
+    out = Path(args.out or ckpt.parent)
+    for task in model.tasks:
+        r = evaluate(model, dataset, task, max_images=args.max_images, device=device)
+        name = f"{model.cfg.name}-{task}-lmbda{model.cfg.lmbda:g}"
+        desc = (f"{model.cfg.name}: {model.cfg.backbone.name} ({'pretrained' if model.pretrained else 'RANDOM'}"
+                f" weights), adapter {model.cfg.adapter.mode} r{model.cfg.adapter.rank}, lambda {model.cfg.lmbda:g},"
+                f" {r.images} {model.cfg.data.name} val images, real bitstreams")
+        write_results(out / f"results-{task}.json", out / f"results-{task}.csv", name, desc, [r])
+        bpp = "n/a (no compression)" if r.bpp is None else f"{r.bpp:.4f}"
+        print(f"{task}: {r.metric}={r.value:.3f} bpp={bpp} -> {out / f'results-{task}.json'}")
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from icm_core.checkpoint import load_checkpoint
+    from icm_core.errors import DatasetError
+    from icm_core.io import write_bytes
+
+    model, _ = load_checkpoint(args.checkpoint)
+    if args.task:
+        model.set_task(args.task)
+    try:
+        img = np.asarray(Image.open(args.image).convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{args.image}: not a readable image ({e})") from e
+    data = model.encode(torch.from_numpy(img).permute(2, 0, 1))
+    write_bytes(args.output, data)
+    H, W = img.shape[:2]
+    print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (H * W):.4f} bpp, task {model.task}")
+    return 0
+
+
+def _cmd_decode(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from icm_core.checkpoint import load_checkpoint
+    from icm_core.io import atomic_path
+    from icm_core.tasks import get_task
+    from icm_core.viz import colorize
+
+    data = Path(args.file).read_bytes()
+    model, _ = load_checkpoint(args.checkpoint)
+    out = model.decode(data)
+    spec = get_task(out.task)
+    pred = spec.activate(out.prediction)[0].cpu()
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.file).stem
+    if spec.kind == "classes":
+        arr = pred.argmax(0).numpy().astype(np.uint8)
+        with atomic_path(outdir / f"{stem}.{out.task}.png") as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG")
+    else:
+        with atomic_path(outdir / f"{stem}.{out.task}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, pred.numpy().astype(np.float32))
+    with atomic_path(outdir / f"{stem}.{out.task}.preview.png") as tmp:
+        Image.fromarray(colorize(out.task, pred)).save(tmp, format="PNG")
+    print(f"decoded {out.task} {tuple(pred.shape)} -> {outdir}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from icm_core.demo import run_demo
+
+    report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas)
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icm",
         description="Image coding for machines with low-rank adapted pre-trained backbones.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train with Hydra overrides (-m for sweeps)", add_help=False)
+    tr.add_argument("overrides", nargs=argparse.REMAINDER,
+                    help="e.g. experiment=quick task=depth lmbda=2 train.max_steps=300 out_dir=runs/a")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint at real bitstream rates")
+    ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
+    ev.add_argument("--max-images", type=int, default=None, help="evaluate on the first N val images")
+    ev.add_argument("--out", default=None, help="folder for results-<task>.json/.csv (default: the run)")
+    ev.set_defaults(func=_cmd_eval)
+
+    enc = sub.add_parser("encode", help="compress an image into an .icm stream")
+    enc.add_argument("image")
+    enc.add_argument("--checkpoint", required=True)
+    enc.add_argument("-o", "--output", required=True)
+    enc.add_argument("--task", default=None, help="task to code for (default: the first)")
+    enc.set_defaults(func=_cmd_encode)
+
+    dec = sub.add_parser("decode", help="decode an .icm stream into predictions (PNG/NPY + preview)")
+    dec.add_argument("file")
+    dec.add_argument("--checkpoint", required=True)
+    dec.add_argument("-o", "--output", required=True, help="output folder")
+    dec.set_defaults(func=_cmd_decode)
+
+    demo = sub.add_parser("demo", help="train a 3-lambda quick model on synthetic scenes, write a report")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--steps", type=int, default=300, help="training steps per lambda")
+    demo.add_argument("--lambdas", type=float, nargs="+", default=[0.02, 0.2, 2.0])
+    demo.set_defaults(func=_cmd_demo)
 
     info = sub.add_parser("info", help="describe the resolved model as JSON (no weights, no network)")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper adapter.rank=16")

@@ -92,3 +92,40 @@ def sample_grid(samples: list[dict], tasks, *, cell: int | None = None) -> Image
             rgb = image_to_uint8(s["image"]) if name == "image" else colorize(name, s[name])
             grid.paste(Image.fromarray(rgb), (pad + j * (w + pad), title + pad + i * (h + pad)))
     return grid
+
+
+def heatmap(values, *, vmax: float | None = None) -> np.ndarray:
+    """(h, w) non-negative map (e.g. bits per latent position) -> (h, w, 3) uint8."""
+    a = _as_numpy(values).astype(np.float64)
+    top = vmax if vmax is not None else (a.max() if a.size and a.max() > 0 else 1.0)
+    return _turbo_like(a / max(top, 1e-12))
+
+
+def ra_figure(curves: dict[str, tuple[list, list]], metric: str, title: str = ""):
+    """Rate-accuracy curves: name -> (bpp list, metric list), one plotly line per name."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, (bpp, acc) in curves.items():
+        order = np.argsort(bpp)
+        fig.add_trace(go.Scatter(x=np.asarray(bpp)[order], y=np.asarray(acc)[order], mode="lines+markers",
+                                 name=name))
+    fig.update_layout(title=title, xaxis_title="bits per pixel (real bytes)", yaxis_title=metric,
+                      template="plotly_white", width=720, height=460)
+    return fig
+
+
+def prediction_panel(image, target, prediction, bit_map, task: str) -> Image.Image:
+    """A row: input, label, decoded prediction, bits per latent position (upsampled)."""
+    h, w = image.shape[-2:]
+    tiles = [image_to_uint8(image), colorize(task, target), colorize(task, prediction)]
+    bits = Image.fromarray(heatmap(bit_map)).resize((w, h), Image.NEAREST)
+    tiles.append(np.asarray(bits))
+    names = ["input", "label", "decoded", "bits / position"]
+    pad, title = 4, 14
+    panel = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + 2 * pad + title), "white")
+    draw = ImageDraw.Draw(panel)
+    for j, (t, n) in enumerate(zip(tiles, names)):
+        draw.text((pad + j * (w + pad), 1), n, fill="black")
+        panel.paste(Image.fromarray(t), (pad + j * (w + pad), title + pad))
+    return panel

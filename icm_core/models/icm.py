@@ -109,6 +109,8 @@ class ICMModel(nn.Module):
             raise ConfigError(f"adapter.mode=scratch trains from random weights but backbone.weights="
                               f"{bcfg.weights!r}; set backbone.weights=none")
         self.backbone = Backbone(bcfg, load_weights=load_weights)
+        # the frozen weights a checkpoint refers to (None on the meta device)
+        self.backbone_hash = None if self.backbone.mean.is_meta else _hash_backbone(self.backbone)
         ad.attach_adapters(self.backbone, cfg.adapter, self.tasks)
         C = self.backbone.embed_dim
         self.heads = nn.ModuleDict({t: TaskHead(C, get_task(t).out_channels(self.dataset), cfg)
@@ -258,13 +260,29 @@ class ICMModel(nn.Module):
         return DecodedOutput(packet.task, pred[..., : packet.height, : packet.width], y_hat)
 
 
+def _hash_backbone(backbone: Backbone) -> str:
+    """sha256 (16 hex digits) of the backbone weights as built, before any adapter."""
+    h = hashlib.sha256()
+    for k, v in sorted(backbone.vit.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu", *,
                 load_weights: bool = True) -> ICMModel:
-    """Build on ``device``; ``device="meta"`` builds the architecture without allocating it."""
+    """Build on ``device``; ``device="meta"`` builds the architecture without allocating it.
+
+    Random initialization is seeded by ``cfg.train.seed``: the same config builds the same
+    model, so a checkpoint of a run on a random backbone can be reloaded.
+    """
     if str(device) == "meta":
         with torch.device("meta"):
             return ICMModel(cfg, load_weights=False)  # architecture only
-    return ICMModel(cfg, load_weights=load_weights).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = ICMModel(cfg, load_weights=load_weights)
+    return model.to(device)
 
 
 def serialized_size(state: dict[str, torch.Tensor]) -> int:

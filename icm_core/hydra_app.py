@@ -1,0 +1,35 @@
+"""``icm train`` as a Hydra application: overrides, ``-m`` sweeps and launcher plugins
+(e.g. submitit for SLURM) come from Hydra itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from icm_core.config import _register_schema, to_experiment
+
+log = logging.getLogger("icm.train")
+_register_schema()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def train_app(cfg: DictConfig) -> float:
+    from dataclasses import replace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from icm_core.train import Trainer
+
+    exp = to_experiment(cfg)
+    if exp.out_dir == "outputs":  # the default: one folder per job, sweeps included
+        exp = replace(exp, out_dir=HydraConfig.get().runtime.output_dir)
+    trainer = Trainer(exp)
+    trainer.fit()
+    results = [e.values for e in trainer.history if e.kind == "eval"][-len(exp.tasks):]
+    log.info("final evaluation: %s", json.dumps(results))
+    log.info("checkpoint: %s", exp.out_dir)
+    print(f"checkpoint: {exp.out_dir}")
+    return float(trainer.history[-1].step)

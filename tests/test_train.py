@@ -1,0 +1,107 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from icm_core import ConfigError
+from icm_core.checkpoint import load_checkpoint, resolve_checkpoint_dir
+from icm_core.cli import main
+from icm_core.models.icm import build_model
+from icm_core.tasks import TASKS
+from icm_core.train import Trainer
+
+from .helpers import tiny_config, trivial_scores
+
+SIX = "tasks=[semseg,depth,normals,boundary,human_parts,saliency]"
+
+
+def test_uncompressed_tiny_model_beats_trivial_predictors_on_every_task(tmp_path):
+    cfg = tiny_config(SIX, "model.compression=false", "train.max_steps=480", "train.batch_size=4",
+                      "train.lr=2e-3", "data.val_length=8", "model.decoder_dims=[64,32,16]",
+                      "model.latent_channels=32", "model.prelim_width=32", f"out_dir={tmp_path}")
+    trainer = Trainer(cfg)
+    trainer.fit(progress=False)
+    final = {e.task: e.values for e in trainer.history if e.kind == "eval"}
+    for task, values in final.items():
+        spec = TASKS[task]
+        score = values[spec.metric]
+        base = trivial_scores(trainer.train_set, trainer.val_set, task)
+        if spec.higher_is_better:
+            assert score > max(1.1 * base, base + 3), (task, score, base)
+        else:
+            assert score < 0.85 * base, (task, score, base)
+        assert values["bpp"] is None  # no compression: no rate to report
+
+
+def _losses(run_dir):
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    return {d["step"]: d["loss"] for d in map(json.loads, lines) if d["kind"] == "step"}
+
+
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
+    common = ["train.max_steps=30", "train.checkpoint_every=10", "train.batch_size=2", "data.val_length=2",
+              "hydra.run.dir=" + str(tmp_path / "hydra"), "tasks=[semseg,depth]"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    icm = [sys.executable, "-m", "icm_core.cli", "train", *common]
+    subprocess.run([*icm, f"out_dir={ref}"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([*icm, f"out_dir={cut}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cut / "ckpt-000020").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert resolve_checkpoint_dir(cut).name in ("ckpt-000010", "ckpt-000020")
+    assert max(_losses(cut)) < 30  # it really was interrupted
+    subprocess.run([*icm, f"out_dir={cut}", "resume=true"], check=True, env=env, capture_output=True)
+    a, b = _losses(ref), _losses(cut)
+    assert sorted(a) == sorted(b) == list(range(1, 31))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
+
+
+def test_events_reach_subscribers_in_order(tmp_path):
+    trainer = Trainer(tiny_config("train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=2",
+                                  "data.val_length=1", f"out_dir={tmp_path}"))
+    seen = []
+    trainer.subscribe(lambda e: seen.append((e.kind, e.step)))
+    trainer.fit(progress=False)
+    assert seen == [("step", 1), ("step", 2), ("eval", 2), ("checkpoint", 2), ("step", 3), ("step", 4),
+                    ("eval", 4), ("checkpoint", 4), ("done", 4)]
+    lrs = [e.values["lr"] for e in trainer.history if e.kind == "step"]
+    assert lrs[-1] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))  # polynomial decay to 0
+
+
+def test_checkpoint_reload_and_refusals(tmp_path):
+    cfg = tiny_config("train.max_steps=2", "data.val_length=1", f"out_dir={tmp_path}")
+    trainer = Trainer(cfg)
+    trainer.fit(progress=False)
+    model, ckpt = load_checkpoint(tmp_path)
+    x = torch.rand(1, 3, 64, 64)
+    trainer.model.eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).prediction, trainer.model(x).prediction)
+    assert ckpt.name == "ckpt-000002" and not list(tmp_path.glob(".*partial"))
+    with pytest.raises(ConfigError, match="tasks"):
+        load_checkpoint(tmp_path, model=build_model(tiny_config("task=depth")))
+    with pytest.raises(ConfigError, match="backbone weights"):
+        load_checkpoint(tmp_path, model=build_model(tiny_config("train.seed=7")))
+    with pytest.raises(ConfigError, match="not a checkpoint"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_eval_cli_writes_compressai_json(tmp_path, capsys):
+    Trainer(tiny_config("train.max_steps=2", "data.val_length=2", f"out_dir={tmp_path}")).fit(progress=False)
+    assert main(["eval", str(tmp_path), "--out", str(tmp_path / "res")]) == 0
+    doc = json.loads((tmp_path / "res" / "results-semseg.json").read_text())
+    assert set(doc) >= {"name", "description", "results"}
+    assert len(doc["results"]["bpp"]) == 1 and len(doc["results"]["mIoU"]) == 1
+    assert doc["results"]["bpp"][0] > 0 and "RANDOM" in doc["description"]
+    assert (tmp_path / "res" / "results-semseg.csv").read_text().startswith("task,metric,value,bpp")
