@@ -105,3 +105,24 @@ def test_eval_cli_writes_compressai_json(tmp_path, capsys):
     assert len(doc["results"]["bpp"]) == 1 and len(doc["results"]["mIoU"]) == 1
     assert doc["results"]["bpp"][0] > 0 and "RANDOM" in doc["description"]
     assert (tmp_path / "res" / "results-semseg.csv").read_text().startswith("task,metric,value,bpp")
+
+
+def test_hydra_multirun_sweeps_into_one_folder_per_job(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", "-m", "lmbda=0.1,1", "train.max_steps=2",
+                        "data.val_length=1", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for job, lm in (("0", 0.1), ("1", 1.0)):
+        model, _ = load_checkpoint(tmp_path / job)
+        assert model.cfg.lmbda == lm
+
+
+def test_demo_writes_report_results_and_checkpoints(tmp_path):
+    from icm_core.demo import run_demo
+
+    report = run_demo(tmp_path, steps=3, lambdas=(0.1, 1.0), val_images=2, size=64, progress=False)
+    page = report.read_text()
+    assert "plotly" in page and "RANDOM weights" in page and "data:image/png;base64," in page
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert len(doc["results"]["bpp"]) == 2 and len(doc["results"]["mIoU"]) == 2
+    assert all(b > 0 for b in doc["results"]["bpp"])
+    assert (tmp_path / "lmbda-0.1" / "LATEST").is_file() and (tmp_path / "lmbda-1" / "LATEST").is_file()
