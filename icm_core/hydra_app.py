@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import hydra
 from omegaconf import DictConfig
 
 from icm_core.config import _register_schema, to_experiment
+from icm_core.errors import ConfigError
 
 log = logging.getLogger("icm.train")
 _register_schema()
@@ -25,6 +27,8 @@ def train_app(cfg: DictConfig) -> float:
 
     exp = to_experiment(cfg)
     if exp.out_dir == "outputs":  # the default: one folder per job, sweeps included
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("under torchrun every process must write to one folder: give out_dir=DIR")
         exp = replace(exp, out_dir=HydraConfig.get().runtime.output_dir)
     trainer = Trainer(exp)
     trainer.fit()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from icm_core import distributed
 from icm_core.checkpoint import (
     load_checkpoint,
     load_trainer_state,
@@ -30,6 +31,7 @@ from icm_core.checkpoint import (
 )
 from icm_core.config import ExperimentConfig
 from icm_core.data import make_dataset
+from icm_core.errors import ConfigError
 from icm_core.evaluate import EvalResult, evaluate
 from icm_core.io import write_text
 from icm_core.models.icm import ICMModel, ICMOutput, build_model
@@ -68,8 +70,13 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, model: ICMModel | None = None, device: str | None = None):
         self.cfg = cfg
-        self.device = device or default_device()
+        self.device, self.rank, self.world = distributed.setup(device or default_device())
+        if cfg.train.batch_size % self.world:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch: it must be "
+                              f"divisible by the {self.world} processes")
         self.model = model if model is not None else build_model(cfg, self.device)
+        distributed.convert_batchnorm(self.model, self.device)
+        self._ddp: dict[str, torch.nn.Module] = {}
         self.tasks = list(self.model.tasks)
         self.train_set = make_dataset(cfg.data, "train", self.tasks)
         self.val_set = make_dataset(cfg.data, "val", self.tasks)
@@ -102,7 +109,7 @@ class Trainer:
 
     def _emit(self, event: TrainEvent) -> None:
         self.history.append(event)
-        if event.kind in ("step", "eval"):
+        if event.kind in ("step", "eval") and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "history.jsonl", "a") as f:
                 f.write(json.dumps({"kind": event.kind, "step": event.step, "task": event.task,
@@ -111,9 +118,14 @@ class Trainer:
             fn(event)
 
     def batch(self, step: int) -> dict:
-        """The batch of ``step``: a function of (seed, step) only, so a resumed run sees the same data."""
+        """This process's share of the global batch of ``step``.
+
+        A function of (seed, step) only, so a resumed run sees the same data, and process r of N
+        takes samples r, r+N, ... of the same global batch a single process would see.
+        """
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step)
         idx = torch.randint(len(self.train_set), (self.cfg.train.batch_size,), generator=g).tolist()
+        idx = idx[self.rank::self.world]
         samples = [self.train_set[i] for i in idx]
         return {k: torch.stack([s[k] for s in samples]).to(self.device) for k in ("image", *self.tasks)}
 
@@ -125,7 +137,7 @@ class Trainer:
         batch = self.batch(step)
         use_amp = self.device.startswith("cuda") and cfg.train.amp
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = model(batch["image"])
+            out = self._forward_module(task)(batch["image"])
         distortion = task_loss(out, batch[task], model.dataset, cfg.model.inter_sup)
         rate = out.bpp.mean()
         loss = rate + cfg.lmbda * distortion
@@ -134,12 +146,26 @@ class Trainer:
         (loss + aux if aux is not None else loss).backward()
         self.optimizer.step()
         self.scheduler.step()
-        loss_value = loss.item()
+        loss_value = distributed.mean_over_processes(loss.item())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step} (task {task}); "
                                      "lower train.lr or lmbda")
-        return {"loss": loss_value, "bpp": rate.item(), "task_loss": distortion.item(),
+        return {"loss": loss_value, "bpp": distributed.mean_over_processes(rate.item()),
+                "task_loss": distributed.mean_over_processes(distortion.item()),
                 "lr": self.scheduler.get_last_lr()[0], "task": task}
+
+    def _forward_module(self, task: str) -> torch.nn.Module:
+        """The model, wrapped in DistributedDataParallel under torchrun (one wrapper per task:
+        each task trains its own parameters, which DDP registers when it wraps)."""
+        if self.world == 1:
+            return self.model
+        if task not in self._ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            # buffers are BN statistics, already global through cross-process BN: no re-broadcast
+            self._ddp[task] = DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=False)
+        return self._ddp[task]
 
     def evaluate(self, max_images: int | None = None) -> list[EvalResult]:
         return [evaluate(self.model, self.val_set, t, max_images=max_images, device=self.device)
@@ -150,9 +176,12 @@ class Trainer:
         return {"step": torch.tensor(self.step), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
 
-    def save(self) -> Path:
-        path = save_checkpoint(self.out_dir, self.model, self.step, self.trainer_state())
-        self._emit(TrainEvent("checkpoint", self.step, self.model.task, {"path": str(path)}))
+    def save(self) -> Path | None:
+        path = None
+        if self.rank == 0:
+            path = save_checkpoint(self.out_dir, self.model, self.step, self.trainer_state())
+            self._emit(TrainEvent("checkpoint", self.step, self.model.task, {"path": str(path)}))
+        distributed.barrier()
         return path
 
     def resume(self) -> bool:
@@ -184,7 +213,7 @@ class Trainer:
                 log.warning("resume=true but %s holds no checkpoint: starting at step 0", self.out_dir)
             (self.out_dir / "history.jsonl").unlink(missing_ok=True)
             torch.manual_seed(t.seed)
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not progress, desc=self.cfg.name,
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not progress or self.rank != 0, desc=self.cfg.name,
                    dynamic_ncols=True)
         while self.step < t.max_steps:
             values = self.train_step(self.step)
@@ -203,6 +232,8 @@ class Trainer:
         return self.history
 
     def _eval_event(self, final: bool = False) -> list[EvalResult]:
+        if self.rank != 0:  # evaluation runs on the first process only
+            return []
         limit = None if final else 8
         results = self.evaluate(max_images=limit)
         for r in results:

@@ -110,7 +110,7 @@ def ra_figure(curves: dict[str, tuple[list, list]], metric: str, title: str = ""
         order = np.argsort(bpp)
         fig.add_trace(go.Scatter(x=np.asarray(bpp)[order], y=np.asarray(acc)[order], mode="lines+markers",
                                  name=name))
-    fig.update_layout(title=title, xaxis_title="bits per pixel (real bytes)", yaxis_title=metric,
+    fig.update_layout(title=title, xaxis_title="bits per pixel", yaxis_title=metric,
                       template="plotly_white", width=720, height=460)
     return fig
 

@@ -196,17 +196,17 @@ def test_encode_decode_cli(tmp_path):
     Image.fromarray(img).save(tmp_path / "in.png")
     cli = [sys.executable, "-m", "icm_core.cli"]
     r = subprocess.run([*cli, "encode", str(tmp_path / "in.png"), "--checkpoint", str(tmp_path / "run"),
-                        "-o", str(tmp_path / "x.icm")], capture_output=True, text=True)
+                        "-o", str(tmp_path / "x.icm")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*cli, "decode", str(tmp_path / "x.icm"), "--checkpoint", str(tmp_path / "run"),
-                        "-o", str(tmp_path / "pred")], capture_output=True, text=True)
+                        "-o", str(tmp_path / "pred")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     labels = np.asarray(Image.open(tmp_path / "pred" / "x.semseg.png"))
     assert labels.shape == (50, 70) and labels.max() < 6
     assert Image.open(tmp_path / "pred" / "x.semseg.preview.png").size == (70, 50)
     (tmp_path / "bad.icm").write_bytes((tmp_path / "x.icm").read_bytes()[:-3])
     r = subprocess.run([*cli, "decode", str(tmp_path / "bad.icm"), "--checkpoint", str(tmp_path / "run"),
-                        "-o", str(tmp_path / "pred2")], capture_output=True, text=True)
+                        "-o", str(tmp_path / "pred2")], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("BitstreamError: ")
     assert "Traceback" not in r.stderr

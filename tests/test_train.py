@@ -49,7 +49,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     icm = [sys.executable, "-m", "icm_core.cli", "train", *common]
-    subprocess.run([*icm, f"out_dir={ref}"], check=True, env=env, capture_output=True)
+    subprocess.run([*icm, f"out_dir={ref}"], check=True, env=env, capture_output=True, timeout=300)
     proc = subprocess.Popen([*icm, f"out_dir={cut}"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -59,7 +59,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     proc.wait()
     assert resolve_checkpoint_dir(cut).name in ("ckpt-000010", "ckpt-000020")
     assert max(_losses(cut)) < 30  # it really was interrupted
-    subprocess.run([*icm, f"out_dir={cut}", "resume=true"], check=True, env=env, capture_output=True)
+    subprocess.run([*icm, f"out_dir={cut}", "resume=true"], check=True, env=env, capture_output=True, timeout=300)
     a, b = _losses(ref), _losses(cut)
     assert sorted(a) == sorted(b) == list(range(1, 31))
     for step in a:
@@ -109,7 +109,7 @@ def test_eval_cli_writes_compressai_json(tmp_path, capsys):
 
 def test_hydra_multirun_sweeps_into_one_folder_per_job(tmp_path):
     r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", "-m", "lmbda=0.1,1", "train.max_steps=2",
-                        "data.val_length=1", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True)
+                        "data.val_length=1", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for job, lm in (("0", 0.1), ("1", 1.0)):
         model, _ = load_checkpoint(tmp_path / job)
@@ -126,3 +126,34 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
     assert len(doc["results"]["bpp"]) == 2 and len(doc["results"]["mIoU"]) == 2
     assert all(b > 0 for b in doc["results"]["bpp"])
     assert (tmp_path / "lmbda-0.1" / "LATEST").is_file() and (tmp_path / "lmbda-1" / "LATEST").is_file()
+
+
+def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
+    """torchrun with 2 CPU processes (DDP, cross-process BN) = 1 process with the same global batch.
+
+    Uncompressed: with compression, each process draws its own uniform rate noise, which is
+    statistically but not numerically the same as one process's.
+    """
+    from safetensors.torch import load_file
+
+    common = ["train.max_steps=4", "train.batch_size=4", "data.val_length=1", "model.compression=false",
+              "tasks=[semseg,depth]", f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", *common, f"out_dir={one}"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "icm_core.cli", "train", *common, f"out_dir={two}"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    for task in ("semseg", "depth"):
+        wa = load_file(str(resolve_checkpoint_dir(one) / f"task-{task}.safetensors"))
+        wb = load_file(str(resolve_checkpoint_dir(two) / f"task-{task}.safetensors"))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5, rtol=1e-4), k

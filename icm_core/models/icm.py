@@ -158,7 +158,9 @@ class ICMModel(nn.Module):
         H, W = image.shape[-2:]
         padded_hw, coarse, y = self._latent(image, head)
         if head.entropy is not None:
-            ent = head.entropy(y)
+            # rates in float32 even under bf16 autocast: the coder needs the exact parameters
+            with torch.autocast(device_type=y.device.type, enabled=False):
+                ent = head.entropy(y.float())
             y_hat, likelihoods = ent.y_hat, ent.likelihoods
         else:
             y_hat, likelihoods = y, None
