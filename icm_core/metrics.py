@@ -114,7 +114,8 @@ class SaliencyMaxF:
 
     As in the saliency literature (and InvPT's evaluation), precision and recall are computed
     per image at each threshold, averaged over the dataset, and F is maximised over thresholds.
-    An image with no predicted foreground at a threshold has precision 0 there.
+    An image with no predicted foreground at a threshold has precision 0 there; an image whose
+    pixels are all ignored (255) is left out.
     """
 
     higher_is_better = True
@@ -130,6 +131,8 @@ class SaliencyMaxF:
         _check_batch(pred, target, "maxF")
         for p, t in zip(pred.float().cpu(), target.cpu()):
             valid = t != IGNORE_INDEX
+            if not valid.any():  # an image with every pixel ignored does not vote
+                continue
             p, t = p[valid], t[valid] > 0.5
             above = p[None, :] >= self.th[:, None]  # (T, N)
             tp = (above & t[None]).sum(1).double()

@@ -200,7 +200,13 @@ class Trainer:
         self.step = int(state["step"])
         hist = self.out_dir / "history.jsonl"
         if hist.is_file():  # drop what the interrupted run logged after its last checkpoint
-            kept = [ln for ln in hist.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            kept = []
+            for ln in hist.read_text().splitlines():
+                try:
+                    if json.loads(ln)["step"] <= self.step:
+                        kept.append(ln)
+                except (json.JSONDecodeError, KeyError):  # a line cut by the kill
+                    continue
             write_text(hist, "".join(ln + "\n" for ln in kept))
         log.info("resumed from %s at step %d", ckpt, self.step)
         return True

@@ -132,3 +132,10 @@ def test_dataset_metrics_do_not_depend_on_image_order(task):
     b.update(pred[perm[:2]], target[perm[:2]])
     b.update(pred[perm[2:]], target[perm[2:]])
     assert a.compute() == pytest.approx(b.compute(), rel=1e-9)
+
+
+@pytest.mark.parametrize("task", ["saliency", "boundary"])
+def test_binary_metrics_all_ignore_is_nan(task):
+    m = make_metric(task, n_thresholds=3)
+    m.update(torch.rand(2, 1, 32, 32), torch.full((2, 1, 32, 32), 255.0))
+    assert math.isnan(m.compute())

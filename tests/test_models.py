@@ -211,3 +211,12 @@ def test_adapter_presets_match_the_paper_study():
     for name, preset in ad.PRESETS.items():
         cfg = load_config([f"adapter={name}"]).adapter
         assert (cfg.mode, cfg.rank, list(cfg.targets)) == (preset.mode, preset.rank, list(preset.targets))
+
+
+def test_other_timm_vits_work_with_unfused_targets():
+    cfg = load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4", "adapter.targets=[o,up,down]"])
+    m = build_model(cfg)
+    assert m(torch.rand(1, 3, 64, 96)).prediction.shape == (1, 6, 64, 96)
+    assert 0 < m.trainable_parameters().trainable_backbone_params
+    with pytest.raises(ConfigError, match="fused qkv cannot be adapted"):
+        build_model(load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4"]))

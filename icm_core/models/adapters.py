@@ -58,7 +58,8 @@ def target_module_names(vit: nn.Module, targets) -> list[str]:
                  and any(n.endswith("." + s) for s in TARGET_MODULES[t])]
         if not found:
             raise ConfigError(f"adapter target {t!r} matches no linear layer of this backbone "
-                              f"(looked for {TARGET_MODULES[t]}); a fused qkv cannot be adapted")
+                              f"(looked for {TARGET_MODULES[t]}); a fused qkv cannot be adapted: "
+                              "use an EVA-02 backbone (built unfused) or targets o, up, down")
         names += found
     return sorted(set(names))
 
@@ -119,7 +120,6 @@ def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torc
         bad = [k for k in result.unexpected_keys if f".{task}" in k]
         if bad:
             raise ConfigError(f"adapter of task {task!r} does not fit this backbone: unexpected {bad[:3]}")
-        set_backbone_task(backbone, backbone.active_task if hasattr(backbone, "active_task") else task)
     elif mode in ("full", "scratch"):
         backbone.vit.load_state_dict(state, strict=True)
 
