@@ -210,3 +210,16 @@ def test_encode_decode_cli(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("BitstreamError: ")
     assert "Traceback" not in r.stderr
+
+
+def test_fingerprint_follows_every_in_place_change(model):
+    before = {t: model.fingerprint(t) for t in model.tasks}
+    assert model.fingerprint("depth") == before["depth"]
+    p = model.heads["depth"].decoder.out_proj.bias
+    saved = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)
+        assert model.fingerprint("depth") != before["depth"]
+        assert model.fingerprint("semseg") == before["semseg"]
+        p.copy_(saved)  # same values again: same fingerprint
+    assert model.fingerprint("depth") == before["depth"]

@@ -102,15 +102,19 @@ def set_backbone_task(backbone: Backbone, task: str) -> None:
             p.requires_grad_(f".{task}." in name or name.endswith(f".{task}"))
 
 
-def adapter_state_dict(backbone: Backbone, task: str) -> dict[str, torch.Tensor]:
-    """The backbone tensors that ``task`` owns: its adapter, or every weight for full/scratch."""
+def adapter_state_dict(backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
+    """The backbone tensors that ``task`` owns: its adapter, or every weight for full/scratch.
+
+    ``clone=False`` returns views of the live tensors (for hashing without copying).
+    """
     mode = backbone.adapter_cfg.mode
     if mode in ("dora", "lora"):
         state = get_peft_model_state_dict(backbone.model, adapter_name=task)
-        return {k: v.detach().clone() for k, v in state.items()}
-    if mode in ("full", "scratch"):
-        return {k: v.detach().clone() for k, v in backbone.vit.state_dict().items()}
-    return {}
+    elif mode in ("full", "scratch"):
+        state = backbone.vit.state_dict()
+    else:
+        return {}
+    return {k: v.detach().clone() if clone else v.detach() for k, v in state.items()}
 
 
 def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:

@@ -13,6 +13,7 @@ the paper's uncompressed "Baseline" models are this same class.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ class ICMModel(nn.Module):
         C = self.backbone.embed_dim
         self.heads = nn.ModuleDict({t: TaskHead(C, get_task(t).out_channels(self.dataset), cfg)
                                     for t in self.tasks})
+        self._cpu_coders: dict[str, tuple[bytes, DualSpatialEntropyModel]] = {}
+        self._fingerprints: dict[str, tuple[tuple, bytes]] = {}
         self.task = self.tasks[0]
         self.set_task(self.task)
 
@@ -170,11 +173,12 @@ class ICMModel(nn.Module):
                          (int(H), int(W)), dec.attention)
 
     # -- bitstreams ---------------------------------------------------------------------
-    def task_state_dict(self, task: str | None = None) -> dict[str, torch.Tensor]:
+    def task_state_dict(self, task: str | None = None, clone: bool = True) -> dict[str, torch.Tensor]:
         """What ``task`` owns: ``adapter.*`` (backbone tensors it trains) and ``head.*``."""
         task = task or self.task
-        state = {f"adapter.{k}": v for k, v in ad.adapter_state_dict(self.backbone, task).items()}
-        state.update({f"head.{k}": v.detach().clone() for k, v in self.heads[task].state_dict().items()})
+        state = {f"adapter.{k}": v for k, v in ad.adapter_state_dict(self.backbone, task, clone).items()}
+        state.update({f"head.{k}": v.detach().clone() if clone else v.detach()
+                      for k, v in self.heads[task].state_dict().items()})
         return state
 
     def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
@@ -197,14 +201,24 @@ class ICMModel(nn.Module):
         self.set_task(self.task)
 
     def fingerprint(self, task: str | None = None) -> bytes:
-        """8 bytes identifying the weights that encode and decode ``task``."""
+        """8 bytes identifying the weights that encode and decode ``task``.
+
+        Cached until a tensor changes (in-place updates bump torch's version counters), so
+        coding a dataset image by image hashes the weights once.
+        """
+        task = task or self.task
+        state = {k: v for k, v in self.task_state_dict(task, clone=False).items()
+                 if k.rsplit(".", 1)[-1] not in _TABLE_BUFFERS}  # tables follow from the weights
+        key = tuple((k, v.data_ptr(), v._version) for k, v in sorted(state.items()))
+        cached = self._fingerprints.get(task)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         h = hashlib.sha256()
-        for k, v in sorted(self.task_state_dict(task).items()):
-            if k.rsplit(".", 1)[-1] in _TABLE_BUFFERS:
-                continue  # rebuilt deterministically from the weights
+        for k, v in sorted(state.items()):
             h.update(k.encode())
             h.update(str(tuple(v.shape)).encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            h.update(v.cpu().contiguous().numpy().tobytes())
+        self._fingerprints[task] = (key, h.digest()[:8])
         return h.digest()[:8]
 
     def _entropy_model(self, task: str) -> DualSpatialEntropyModel:
@@ -214,6 +228,22 @@ class ICMModel(nn.Module):
                               "nothing to encode; use a compressing experiment")
         return em
 
+    def _coder(self, task: str) -> DualSpatialEntropyModel:
+        """The entropy model that writes and reads bits: always on the CPU in float32.
+
+        Encoder and decoder must compute bit-identical entropy parameters; GPU kernels need
+        not, so a model on a GPU codes with a CPU copy (refreshed when the weights change).
+        """
+        em = self._entropy_model(task)
+        if em.h_a[0].weight.device.type == "cpu":
+            return em
+        key = self.fingerprint(task)
+        cached = self._cpu_coders.get(task)
+        if cached is None or cached[0] != key:
+            cached = (key, copy.deepcopy(em).cpu().float().eval())
+            self._cpu_coders[task] = cached
+        return cached[1]
+
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> bytes:
         """One image (3, H, W) or (1, 3, H, W) in [0, 1] -> the bytes of its container."""
@@ -222,12 +252,12 @@ class ICMModel(nn.Module):
         image = image.unsqueeze(0) if image.dim() == 3 else image
         if image.shape[0] != 1:
             raise ConfigError(f"encode takes one image, got a batch of {image.shape[0]}")
-        em = self._entropy_model(self.task)
+        self._entropy_model(self.task)  # a clear error without compression
         was_training = self.training
         self.eval()
         try:
             _, _, y = self._latent(image.float(), self.heads[self.task])
-            coded = em.compress(y)
+            coded = self._coder(self.task).compress(y.float().cpu())
         finally:
             self.train(was_training)
         H, W = image.shape[-2:]
@@ -245,14 +275,15 @@ class ICMModel(nn.Module):
             raise BitstreamError(f"stream was made by other weights for task {packet.task!r} "
                                  f"(fingerprint {packet.fingerprint.hex()} != "
                                  f"{self.fingerprint(packet.task).hex()}); use the checkpoint that encoded it")
-        em = self._entropy_model(packet.task)
+        coder = self._coder(packet.task)
         Hp, Wp = -(-packet.height // STRIDE) * STRIDE, -(-packet.width // STRIDE) * STRIDE
         previous = self.task
         was_training = self.training
         self.set_task(packet.task)
         self.eval()
         try:
-            y_hat = em.decompress(list(packet.sections), (Hp // STRIDE, Wp // STRIDE), (Hp // 16, Wp // 16))
+            y_hat = coder.decompress(list(packet.sections), (Hp // STRIDE, Wp // STRIDE), (Hp // 16, Wp // 16))
+            y_hat = y_hat.to(self.heads[packet.task].proj.weight.device)
             pred = self.heads[packet.task].decoder(y_hat, (Hp, Wp)).prediction
         except (RuntimeError, ValueError, IndexError, OverflowError) as e:
             raise BitstreamError(f"payload does not decode with this model: {e}") from e
