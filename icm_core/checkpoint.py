@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from icm_core.config import ExperimentConfig, to_experiment
 from icm_core.errors import ConfigError
-from icm_core.io import write_text
+from icm_core.io import atomic_path, write_text
 
 FORMAT = "icm-checkpoint-1"
 
@@ -51,13 +51,8 @@ def save_checkpoint(run_dir: str | Path, model, step: int, trainer_state: dict |
     tmp.mkdir(parents=True)
     cfg = OmegaConf.structured(model.cfg)
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    bb_hash = model.backbone_hash
     for task in model.tasks:
-        state = {k: v.contiguous().cpu() for k, v in model.task_state_dict(task).items()}
-        meta = {"format": FORMAT, "task": task, "backbone": model.cfg.backbone.name,
-                "backbone_hash": bb_hash, "adapter_mode": model.cfg.adapter.mode,
-                "fingerprint": model.fingerprint(task).hex(), "step": str(step)}
-        save_file(state, str(tmp / f"task-{task}.safetensors"), metadata=meta)
+        save_task(model, task, tmp / f"task-{task}.safetensors", step=step)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -93,20 +88,39 @@ def load_checkpoint(path: str | Path, device: str = "cpu", model=None):
         f = ckpt / f"task-{task}.safetensors"
         if not f.is_file():
             raise ConfigError(f"checkpoint {str(ckpt)!r} has no weights for task {task!r} ({f.name})")
-        from safetensors import safe_open
-
-        with safe_open(str(f), "pt") as sf:
-            meta = sf.metadata() or {}
-        if meta.get("backbone") != model.cfg.backbone.name:
-            raise ConfigError(f"{f}: trained on backbone {meta.get('backbone')!r}, not "
-                              f"{model.cfg.backbone.name!r}")
-        if meta.get("backbone_hash") != model.backbone_hash:
-            raise ConfigError(
-                f"{f}: trained on backbone weights {meta.get('backbone_hash')}, but the backbone built "
-                f"here has {model.backbone_hash} (backbone.weights={model.cfg.backbone.weights!r}); "
-                "give the same weights file, or go online for hub weights")
-        model.load_task_state_dict(task, {k: v.to(device) for k, v in load_file(str(f)).items()})
+        load_task(model, task, f)
     return model, ckpt
+
+
+def save_task(model, task: str, path: str | Path, step: int | None = None) -> None:
+    """One task's adapter and head as a safetensors file (the backbone is only referenced)."""
+    state = {k: v.contiguous().cpu() for k, v in model.task_state_dict(task).items()}
+    meta = {"format": FORMAT, "task": task, "backbone": model.cfg.backbone.name,
+            "backbone_hash": model.backbone_hash, "adapter_mode": model.cfg.adapter.mode,
+            "fingerprint": model.fingerprint(task).hex(), "step": str(step)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def load_task(model, task: str, path: str | Path) -> None:
+    """Load one task's file into ``model``; every other task stays bit-identical."""
+    from safetensors import safe_open
+
+    f = Path(path)
+    with safe_open(str(f), "pt") as sf:
+        meta = sf.metadata() or {}
+    if meta.get("task") not in (None, task):
+        raise ConfigError(f"{f} holds task {meta.get('task')!r}, not {task!r}")
+    if meta.get("backbone") != model.cfg.backbone.name:
+        raise ConfigError(f"{f}: trained on backbone {meta.get('backbone')!r}, not "
+                          f"{model.cfg.backbone.name!r}")
+    if meta.get("backbone_hash") != model.backbone_hash:
+        raise ConfigError(
+            f"{f}: trained on backbone weights {meta.get('backbone_hash')}, but the backbone built "
+            f"here has {model.backbone_hash} (backbone.weights={model.cfg.backbone.weights!r}); "
+            "give the same weights file, or go online for hub weights")
+    device = model.heads[task].proj.weight.device
+    model.load_task_state_dict(task, {k: v.to(device) for k, v in load_file(str(f)).items()})
 
 
 def load_trainer_state(ckpt: Path) -> dict | None:
@@ -114,4 +128,5 @@ def load_trainer_state(ckpt: Path) -> dict | None:
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_trainer_state", "resolve_checkpoint_dir"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_trainer_state", "resolve_checkpoint_dir",
+           "save_task", "load_task"]

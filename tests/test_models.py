@@ -220,3 +220,21 @@ def test_other_timm_vits_work_with_unfused_targets():
     assert 0 < m.trainable_parameters().trainable_backbone_params
     with pytest.raises(ConfigError, match="fused qkv cannot be adapted"):
         build_model(load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4"]))
+
+
+def test_task_files_round_trip_one_task(tmp_path):
+    from icm_core.checkpoint import load_task, save_task
+
+    torch.manual_seed(0)
+    m = build_model(tiny_config("tasks=[semseg,depth]"))
+    with torch.no_grad():
+        for p in m.heads["depth"].parameters():
+            p.add_(0.1)
+    save_task(m, "depth", tmp_path / "depth.safetensors")
+    other = build_model(tiny_config("tasks=[semseg,depth]"))
+    semseg = other.task_state_dict("semseg")
+    load_task(other, "depth", tmp_path / "depth.safetensors")
+    assert other.fingerprint("depth") == m.fingerprint("depth")
+    assert all(torch.equal(v, semseg[k]) for k, v in other.task_state_dict("semseg").items())
+    with pytest.raises(ConfigError, match="holds task 'depth'"):
+        load_task(other, "semseg", tmp_path / "depth.safetensors")
