@@ -126,11 +126,15 @@ def _cmd_decode(args) -> int:
     from PIL import Image
 
     from icm_core.checkpoint import load_checkpoint
+    from icm_core.errors import BitstreamError
     from icm_core.io import atomic_path
     from icm_core.tasks import get_task
     from icm_core.viz import colorize
 
-    data = Path(args.file).read_bytes()
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as e:
+        raise BitstreamError(f"{args.file}: cannot read the stream ({e.strerror})") from e
     model, _ = load_checkpoint(args.checkpoint)
     out = model.decode(data)
     spec = get_task(out.task)

@@ -210,6 +210,10 @@ def test_encode_decode_cli(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("BitstreamError: ")
     assert "Traceback" not in r.stderr
+    r = subprocess.run([*cli, "decode", str(tmp_path / "missing.icm"), "--checkpoint", str(tmp_path / "run"),
+                        "-o", str(tmp_path / "pred3")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "missing.icm: cannot read the stream" in r.stderr
 
 
 def test_fingerprint_follows_every_in_place_change(model):
