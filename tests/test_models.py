@@ -16,7 +16,7 @@ from icm_core.tasks import TASKS
 
 from .helpers import tiny_config
 
-EXPERIMENTS = sorted(p.stem for p in Path("icm_core/conf/experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "icm_core/conf/experiment").glob("*.yaml"))
 ALL_TASKS = "tasks=[semseg,depth,normals,boundary,human_parts,saliency]"
 
 
