@@ -227,3 +227,13 @@ def test_fingerprint_follows_every_in_place_change(model):
         assert model.fingerprint("semseg") == before["semseg"]
         p.copy_(saved)  # same values again: same fingerprint
     assert model.fingerprint("depth") == before["depth"]
+
+
+def test_container_layout_is_stable():
+    """The byte layout is a format: changing it needs a new FORMAT_VERSION (and this golden)."""
+    data = pack(Packet("normals", bytes(range(8)), 480, 640, (b"zz", b"\x01" * 130, b"")))
+    golden = (b"ICM\x01\x03" + bytes(range(8)) + (480).to_bytes(2, "little") + (640).to_bytes(2, "little")
+              + b"\x02\x82\x01\x00" + b"zz" + b"\x01" * 130)
+    assert data[:-4] == golden
+    assert data[-4:] == zlib.crc32(golden).to_bytes(4, "little")
+    assert Packet("normals", bytes(8), 480, 640, (b"", b"", b"")).header_bytes == 24  # 17 + 3 + CRC
