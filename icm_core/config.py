@@ -108,7 +108,6 @@ class TrainConfig:
     eval_every: int = _help("steps between evaluations at real bitstream rates (0: never)", 0)
     checkpoint_every: int = _help("steps between checkpoints (0: only at the end)", 0)
     seed: int = _help("random seed", 0)
-    num_workers: int = _help("data loader workers", 0)
     amp: bool = _help("bf16 autocast on CUDA", True)
 
 

@@ -76,7 +76,8 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         var = stats[C:2 * C] / n - mean * mean
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = self.momentum
+            # momentum None means a cumulative average, as in nn.BatchNorm2d
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
         y = (x - mean.view(1, C, 1, 1)) / torch.sqrt(var.view(1, C, 1, 1) + self.eps)

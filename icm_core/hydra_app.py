@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from icm_core.config import _register_schema, to_experiment
-from icm_core.errors import ConfigError
+from icm_core.errors import ConfigError, ICMError
 
 log = logging.getLogger("icm.train")
 _register_schema()
@@ -19,6 +20,14 @@ _register_schema()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def train_app(cfg: DictConfig) -> float:
+    try:
+        return _train(cfg)
+    except ICMError as e:  # one line, exit 2, as every other icm command
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _train(cfg: DictConfig) -> float:
     from dataclasses import replace
 
     from hydra.core.hydra_config import HydraConfig

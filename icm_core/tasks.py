@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from icm_core.errors import ConfigError
 
 IGNORE_INDEX = 255
-DATASETS = ("nyud", "pascal", "synthetic")
 
 
 def _cross_entropy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

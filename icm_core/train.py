@@ -35,7 +35,7 @@ from icm_core.errors import ConfigError
 from icm_core.evaluate import EvalResult, evaluate
 from icm_core.io import write_text
 from icm_core.models.icm import ICMModel, ICMOutput, build_model
-from icm_core.tasks import get_task
+from icm_core.tasks import get_task, resolve_tasks
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,13 @@ class Trainer:
         if cfg.train.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch: it must be "
                               f"divisible by the {self.world} processes")
+        self.tasks = list(resolve_tasks(cfg.tasks, cfg.data.name))
+        # data first: a missing dataset fails before minutes of model building
+        self.train_set = make_dataset(cfg.data, "train", self.tasks)
+        self.val_set = make_dataset(cfg.data, "val", self.tasks)
         self.model = model if model is not None else build_model(cfg, self.device)
         distributed.convert_batchnorm(self.model, self.device)
         self._ddp: dict[str, torch.nn.Module] = {}
-        self.tasks = list(self.model.tasks)
-        self.train_set = make_dataset(cfg.data, "train", self.tasks)
-        self.val_set = make_dataset(cfg.data, "val", self.tasks)
         self.out_dir = Path(cfg.out_dir)
         self.subscribers: list[Callable[[TrainEvent], None]] = []
         self.history: list[TrainEvent] = []
@@ -142,14 +143,14 @@ class Trainer:
         rate = out.bpp.mean()
         loss = rate + cfg.lmbda * distortion
         aux = model.heads[task].entropy.entropy_bottleneck.loss() if model.compression else None
+        loss_value = distributed.mean_over_processes(loss.item())  # every process decides alike
+        if not math.isfinite(loss_value):  # stop before the step: the weights stay finite
+            raise FloatingPointError(f"loss became {loss_value} at step {step} (task {task}); "
+                                     "lower train.lr or lmbda")
         self.optimizer.zero_grad(set_to_none=True)
         (loss + aux if aux is not None else loss).backward()
         self.optimizer.step()
         self.scheduler.step()
-        loss_value = distributed.mean_over_processes(loss.item())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step} (task {task}); "
-                                     "lower train.lr or lmbda")
         return {"loss": loss_value, "bpp": distributed.mean_over_processes(rate.item()),
                 "task_loss": distributed.mean_over_processes(distortion.item()),
                 "lr": self.scheduler.get_last_lr()[0], "task": task}

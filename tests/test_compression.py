@@ -237,3 +237,15 @@ def test_container_layout_is_stable():
     assert data[:-4] == golden
     assert data[-4:] == zlib.crc32(golden).to_bytes(4, "little")
     assert Packet("normals", bytes(8), 480, 640, (b"", b"", b"")).header_bytes == 24  # 17 + 3 + CRC
+
+
+def test_bd_rate_of_a_curve_needing_half_the_bits():
+    from icm_core.evaluate import bd_rate
+
+    bpp, acc = [0.1, 0.2, 0.4, 0.8], [30.0, 40.0, 48.0, 54.0]
+    assert bd_rate((bpp, acc), (bpp, acc)) == pytest.approx(0.0, abs=1e-6)
+    assert bd_rate((bpp, acc), ([b / 2 for b in bpp], acc)) == pytest.approx(-50.0, abs=0.5)
+    # lower-is-better metrics (RMSE) are negated: the same bits for a lower error is a saving
+    rmse = [0.9, 0.7, 0.6, 0.55]
+    assert bd_rate((bpp, rmse), ([b / 2 for b in bpp], rmse), higher_is_better=False) == pytest.approx(
+        -50.0, abs=0.5)

@@ -50,7 +50,7 @@ def test_labels_agree_with_geometry():
     assert not a["human_parts"][~objects].any() and (a["human_parts"][objects] > 0).all()
     assert not a["saliency"][~objects].any() and a["saliency"].any()
     assert 0 < a["boundary"].mean() < 0.15
-    # depth jumps across the boundary of each object against the background behind it
+    # every change of surface instance between horizontal neighbours is marked as boundary
     changes = np.diff(a["instances"], axis=1) != 0
     assert a["boundary"][:, :-1][changes].all()
 

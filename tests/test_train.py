@@ -157,3 +157,24 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
+    trainer = Trainer(tiny_config("train.max_steps=3", "data.val_length=1", f"out_dir={tmp_path}"))
+    head = trainer.model.heads["semseg"]
+    with torch.no_grad():
+        head.decoder.out_proj.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in trainer.model.task_state_dict("semseg").items()}
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
+        trainer.train_step(0)
+    after = trainer.model.task_state_dict("semseg")
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k]) and "running_" not in k
+               and "num_batches" not in k and not torch.isnan(v).any()]
+    assert changed == []  # BN running statistics move in any forward pass; nothing else did
+
+
+def test_train_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", "adapter.mode=bad",
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("ConfigError: adapter.mode='bad'")

@@ -143,7 +143,7 @@ class ParameterReport:
 def trainable_parameters(backbone: Backbone, task: str) -> ParameterReport:
     """Count the frozen backbone's parameters and what ``task`` trains in it."""
     mode = backbone.adapter_cfg.mode
-    own = adapter_state_dict(backbone, task) if mode in ("dora", "lora") else {}
+    own = adapter_state_dict(backbone, task, clone=False) if mode in ("dora", "lora") else {}
     adapter_ids = {id(p) for n, p in backbone.named_parameters() if "lora_" in n}
     base = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter_ids)
     if mode in ("dora", "lora"):

@@ -22,7 +22,6 @@ from icm_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PAPER_BACKBONE = "eva02_large_patch14_448.mim_m38m_ft_in22k"
 RANDOM_WEIGHTS_WARNING = (
     "backbone {name!r} has RANDOM weights ({why}): features are not pre-trained, results are "
     "not comparable with the paper. Give backbone.weights=PATH or run online with weights=hub."

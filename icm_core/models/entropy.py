@@ -126,7 +126,8 @@ class DualSpatialEntropyModel(nn.Module):
         Called automatically by ``compress``/``decompress`` whenever the factorized prior's
         parameters changed since the last build, so tables are never stale or empty.
         """
-        key = tuple(float(p.detach().double().sum()) for p in self.entropy_bottleneck.parameters())
+        # torch bumps a tensor's version on every in-place change (optimizer steps, loads)
+        key = tuple((p.data_ptr(), p._version) for p in self.entropy_bottleneck.parameters())
         if not force and key == self._tables_key and self.entropy_bottleneck._offset.numel():
             return False
         self.entropy_bottleneck.update(force=True)

@@ -282,11 +282,13 @@ class ICMModel(nn.Module):
         self.set_task(packet.task)
         self.eval()
         try:
-            y_hat = coder.decompress(list(packet.sections), (Hp // STRIDE, Wp // STRIDE), (Hp // 16, Wp // 16))
+            try:  # only the payload's errors are the stream's fault; a decoder error is a bug
+                y_hat = coder.decompress(list(packet.sections), (Hp // STRIDE, Wp // STRIDE),
+                                         (Hp // 16, Wp // 16))
+            except (RuntimeError, ValueError, IndexError, OverflowError) as e:
+                raise BitstreamError(f"payload does not decode with this model: {e}") from e
             y_hat = y_hat.to(self.heads[packet.task].proj.weight.device)
             pred = self.heads[packet.task].decoder(y_hat, (Hp, Wp)).prediction
-        except (RuntimeError, ValueError, IndexError, OverflowError) as e:
-            raise BitstreamError(f"payload does not decode with this model: {e}") from e
         finally:
             self.train(was_training)
             self.set_task(previous)
