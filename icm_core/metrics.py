@@ -27,16 +27,21 @@ def _check_batch(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
 
 
 class MeanIoU:
-    """mIoU from a dataset-level confusion matrix; pixels labelled 255 are ignored.
+    """mIoU over all ``num_classes`` classes, from a dataset-level confusion matrix.
 
-    Classes that never occur in the labels nor the predictions are left out of the mean.
+    As InvPT's ``SemsegMeter`` (evaluation/eval_semseg.py): per class, IoU = tp / max(tp + fp +
+    fn, eps) with counts summed over the dataset, and the mean runs over every class of the
+    dataset, so a class absent from both labels and predictions scores 0. Pixels labelled 255
+    are ignored; a predicted id outside [0, num_classes) is a miss of the true class. nan before
+    any valid pixel.
     """
 
     higher_is_better = True
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        # the extra column collects predictions outside [0, num_classes): misses of no class
+        self.confusion = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         if pred.dim() == 4:  # logits (B, C, H, W)
@@ -48,24 +53,29 @@ class MeanIoU:
         if t.numel() and (t.max() >= self.num_classes or t.min() < 0):
             raise ConfigError(f"mIoU: label {int(t.max())} outside [0, {self.num_classes}); "
                               "check num_classes or the dataset's label mapping")
-        idx = t * self.num_classes + p.clamp(0, self.num_classes - 1)
-        self.confusion += torch.bincount(idx, minlength=self.num_classes**2).view(
-            self.num_classes, self.num_classes)
+        C = self.num_classes
+        p = torch.where((p >= 0) & (p < C), p, torch.full_like(p, C))
+        self.confusion += torch.bincount(t * (C + 1) + p, minlength=C * (C + 1)).view(C, C + 1)
 
     def per_class_iou(self) -> np.ndarray:
         cm = self.confusion.double()
         tp = cm.diag()
-        union = cm.sum(0) + cm.sum(1) - tp
-        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-        return iou.numpy()
+        union = cm[:, : self.num_classes].sum(0) + cm.sum(1) - tp  # tp + fp + fn
+        return (tp / union.clamp(min=1e-8)).numpy()
 
     def compute(self) -> float:
-        iou = self.per_class_iou()
-        return float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan")
+        if int(self.confusion.sum()) == 0:
+            return float("nan")
+        return float(self.per_class_iou().mean() * 100)
 
 
 class DepthRMSE:
-    """Root mean square error in metres over all valid pixels (target > 0) of the dataset."""
+    """Root mean square error in metres, pooled over all valid pixels (target > 0) of the dataset.
+
+    As InvPT's ``DepthMeter`` (evaluation/eval_depth.py): predictions <= 0 count as 1e-9 (depth
+    is positive) and RMSE = sqrt(sum of squared errors / number of valid pixels) over the whole
+    dataset, not a mean of per-image RMSEs. (InvPT marks missing depth 0 as ignore 255 first.)
+    """
 
     higher_is_better = False
 
@@ -75,7 +85,9 @@ class DepthRMSE:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _check_batch(pred, target, "RMSE")
         valid = target > 0
-        self.sq += float(((pred.double() - target.double())[valid] ** 2).sum())
+        pred = pred.double()
+        pred = torch.where(pred > 0, pred, torch.full_like(pred, 1e-9))
+        self.sq += float(((pred - target.double())[valid] ** 2).sum())
         self.n += int(valid.sum())
 
     def compute(self) -> float:
@@ -83,9 +95,12 @@ class DepthRMSE:
 
 
 class NormalsMeanError:
-    """Mean angle in degrees between normalized predicted and true normals.
+    """Mean angle in degrees between normalized predicted and true normals, over valid pixels.
 
-    Target pixels whose vector is all zero are invalid and ignored.
+    Target pixels whose vector is all zero are invalid and ignored. The angle is
+    2 atan2(|p - t|, |p + t|) of the unit vectors, as InvPT's ``NormalsMeter``
+    (evaluation/eval_normals.py): exact near 0 degrees, where acos of a float32 cosine is not.
+    A zero prediction is 90 degrees from everything.
     """
 
     higher_is_better = False
@@ -96,9 +111,9 @@ class NormalsMeanError:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _check_batch(pred, target, "mErr")
         valid = target.abs().sum(dim=1) > 0
-        cos = (F.normalize(pred.float(), dim=1) * F.normalize(target.float(), dim=1)).sum(dim=1)
-        ang = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
-        self.total += float(ang[valid].double().sum())
+        p, t = F.normalize(pred.double(), dim=1), F.normalize(target.double(), dim=1)
+        ang = torch.rad2deg(2 * torch.atan2((p - t).norm(dim=1), (p + t).norm(dim=1)))
+        self.total += float(ang[valid].sum())
         self.n += int(valid.sum())
 
     def compute(self) -> float:
@@ -106,45 +121,54 @@ class NormalsMeanError:
 
 
 def _thresholds(n: int) -> np.ndarray:
-    return np.linspace(0.01, 0.99, n)
+    """``n`` evenly spaced thresholds k / (n + 1), k = 1..n: 19 give InvPT's 0.05, ..., 0.95,
+    99 give the BSDS benchmark's 0.01, ..., 0.99."""
+    return np.arange(1, n + 1) / (n + 1)
 
 
 class SaliencyMaxF:
-    """Maximal F-measure (beta^2 = 0.3) of saliency maps.
+    """Maximal F-measure (beta^2 = 0.3) of saliency probabilities, in percent.
 
-    As in the saliency literature (and InvPT's evaluation), precision and recall are computed
-    per image at each threshold, averaged over the dataset, and F is maximised over thresholds.
-    An image with no predicted foreground at a threshold has precision 0 there; an image whose
-    pixels are all ignored (255) is left out.
+    As InvPT's ``SaliencyMeter`` (evaluation/eval_sal.py, ``threshold_step=0.05``,
+    ``beta_squared=0.3``): at each threshold 0.05, 0.10, ..., 0.95 a pixel is salient when its
+    probability is >= the threshold; true, predicted and actual positives (target > 0.5; InvPT's
+    loader binarises at 0.5) are summed over every valid pixel (label != 255) of the dataset;
+    F of those totals (0 where undefined), maximised over thresholds. Pooling weighs every
+    pixel alike: not a per-image average of precision and recall.
+
+    InvPT's meter passes the probability through a second sigmoid (``sigmoid(softmax * 255 /
+    255)``), so its thresholds act at probability logit(t) for t in 0.55..0.70 and at 0 or 1
+    otherwise; ``invpt_sigmoid=True`` reproduces that, the default thresholds the probability.
     """
 
     higher_is_better = True
 
-    def __init__(self, n_thresholds: int = 99, beta2: float = 0.3):
+    def __init__(self, n_thresholds: int = 19, beta2: float = 0.3, invpt_sigmoid: bool = False):
         self.th = torch.tensor(_thresholds(n_thresholds), dtype=torch.float32)
         self.beta2 = beta2
-        self.prec = torch.zeros(n_thresholds, dtype=torch.float64)
-        self.rec = torch.zeros(n_thresholds, dtype=torch.float64)
+        self.invpt_sigmoid = invpt_sigmoid
+        self.counts = torch.zeros(3, n_thresholds, dtype=torch.float64)  # tp, predicted, actual
         self.n = 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _check_batch(pred, target, "maxF")
-        for p, t in zip(pred.float().cpu(), target.cpu()):
-            valid = t != IGNORE_INDEX
-            if not valid.any():  # an image with every pixel ignored does not vote
-                continue
-            p, t = p[valid], t[valid] > 0.5
-            above = p[None, :] >= self.th[:, None]  # (T, N)
-            tp = (above & t[None]).sum(1).double()
-            self.prec += tp / above.sum(1).clamp(min=1)
-            self.rec += tp / max(int(t.sum()), 1)
-            self.n += 1
+        p, t = pred.float().cpu().flatten(), target.cpu().flatten()
+        valid = t != IGNORE_INDEX
+        p, t = p[valid], t[valid] > 0.5
+        if self.invpt_sigmoid:
+            p = torch.sigmoid(p)
+        above = p[None, :] >= self.th[:, None]  # (T, N)
+        self.counts[0] += (above & t[None]).sum(1).double()
+        self.counts[1] += above.sum(1).double()
+        self.counts[2] += float(t.sum())
+        self.n += int(valid.sum())
 
     def compute(self) -> float:
         if not self.n:
             return float("nan")
-        p, r = self.prec / self.n, self.rec / self.n
-        f = (1 + self.beta2) * p * r / (self.beta2 * p + r).clamp(min=1e-12)
+        tp, npred, nact = self.counts
+        p, r = tp / npred, tp / nact  # nan where undefined, scored 0 below as InvPT does
+        f = ((1 + self.beta2) * p * r / (self.beta2 * p + r)).nan_to_num(nan=0.0)
         return float(f.max()) * 100
 
 
@@ -171,7 +195,9 @@ class BoundaryODSF:
     Per threshold, the prediction is binarised and thinned (scikit-image), its pixels are matched
     one-to-one with ground-truth boundary pixels within ``max_dist`` times the image diagonal
     (0.011 NYUD-v2, 0.0075 PASCAL), and counts are summed over the dataset; odsF is the best
-    F over thresholds, in percent.
+    F over thresholds of those totals, in percent: one threshold for the whole dataset (ODS),
+    not each image's best (OIS, which is higher). Thresholds k / 100 (k = 1..99) with
+    prediction >= threshold, as the BSDS benchmark.
 
     Differences from the MATLAB SEISM/BSDS tool: matching is a maximum-cardinality bipartite
     matching (Hopcroft-Karp, scipy) of pixels within the Euclidean tolerance rather than SEISM's
@@ -183,10 +209,12 @@ class BoundaryODSF:
 
     def __init__(self, max_dist: float = 0.011, n_thresholds: int = 99):
         if not 0 < max_dist < 1:
-            raise ConfigError(f"odsF max_dist={max_dist} must be a fraction of the diagonal in (0, 1)")
+            raise ConfigError(
+                f"odsF max_dist={max_dist} must be a fraction of the diagonal in (0, 1)")
         self.max_dist = max_dist
         self.th = _thresholds(n_thresholds)
-        self.counts = np.zeros((n_thresholds, 4), np.int64)  # matched_pred, n_pred, matched_gt, n_gt
+        # per threshold: matched predicted, predicted, matched true, true boundary pixels
+        self.counts = np.zeros((n_thresholds, 4), np.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         _check_batch(pred, target, "odsF")
@@ -219,7 +247,8 @@ def make_metric(task: str, *, dataset: str = "synthetic", num_classes: int | Non
                 **options):
     """The metric object of ``task`` (name or alias), configured for ``dataset``.
 
-    Options: ``num_classes`` (class tasks), ``n_thresholds`` (maxF, odsF), ``max_dist`` (odsF).
+    Options: ``num_classes`` (class tasks), ``n_thresholds`` (maxF, odsF), ``max_dist`` (odsF),
+    ``invpt_sigmoid`` (maxF).
     """
     spec = get_task(task)
     if spec.metric == "mIoU":

@@ -1,9 +1,10 @@
 """Task registry: what each dense prediction task outputs, how it is trained and scored.
 
 Losses follow InvPT/ATRC (DESIGN.md): cross-entropy with ignore index 255 for semantic
-segmentation and human parts, L1 on valid pixels for depth, L1 on unit-normalized normals,
-balanced binary cross-entropy (positive weight 0.95) for boundaries and a batch-balanced
-binary cross-entropy for saliency.
+segmentation and human parts, L1 on valid pixels for depth, L1 on unit-normalized normals
+(summed over channels, averaged over pixels), balanced binary cross-entropy (positive weight
+0.95) for boundaries and a batch-balanced binary cross-entropy for saliency
+(InvPT losses/loss_functions.py, utils/common_config.py ``get_loss``).
 
 Every task's network output is a tensor of *raw* values (logits for classification tasks);
 ``TaskSpec.activate`` turns it into what metrics and viewers take.
@@ -40,23 +41,32 @@ def _depth_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _normals_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """InvPT's ``L1Loss(normalize=True)``: |unit(pred) - target| summed over the 3 channels and
+    divided by the number of valid pixels (not elements)."""
     valid = target.abs().sum(dim=1, keepdim=True) > 0  # all-zero target = invalid
-    if valid.sum() == 0:
+    n_valid = int(valid.sum())
+    if n_valid == 0:
         return pred.sum() * 0.0
     pred = F.normalize(pred, dim=1)
-    mask = valid.expand_as(pred)
-    return (pred - target).abs()[mask].mean()
+    return (pred - target).abs()[valid.expand_as(pred)].sum() / n_valid
 
 
 def _weighted_bce(pred: torch.Tensor, target: torch.Tensor, pos_weight: float | None):
+    """Mean over valid pixels of -(w y log s + (1 - w)(1 - y) log(1 - s)), s = sigmoid(pred).
+
+    InvPT's ``BalancedBinaryCrossEntropyLoss`` (fixed w) and balanced ``CrossEntropyLoss``
+    (w = fraction of negative pixels in the batch, saliency; a 2-way softmax is a sigmoid of the
+    logit difference), term by term, so soft labels weigh as InvPT's do too.
+    """
     valid = target != IGNORE_INDEX
     if valid.sum() == 0:
         return pred.sum() * 0.0
     logits, y = pred[valid], target[valid].float()
     if pos_weight is None:  # balance by the batch's own label frequencies (saliency)
         pos_weight = float(1.0 - y.mean().clamp(1e-6, 1 - 1e-6))
-    w = torch.where(y > 0.5, torch.full_like(y, pos_weight), torch.full_like(y, 1 - pos_weight))
-    return F.binary_cross_entropy_with_logits(logits, y, weight=w, reduction="sum") / y.numel()
+    w = pos_weight
+    loss = w * y * F.softplus(-logits) + (1 - w) * (1 - y) * F.softplus(logits)
+    return loss.mean()
 
 
 def _boundary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
