@@ -128,7 +128,8 @@ class TaskSpec:
         return self.weights.get(dataset, 1.0)
 
 
-SYNTHETIC_CLASSES = ("wall", "floor", "ceiling", "sphere", "box", "cylinder")
+SYNTHETIC_CLASSES = ("wall", "floor", "ceiling", "plain", "hstripes", "vstripes", "checks", "dots",
+                     "grain", "ridged", "pole", "ball")
 SYNTHETIC_PARTS = ("background", "top", "side")
 
 TASKS: Mapping[str, TaskSpec] = MappingProxyType(
