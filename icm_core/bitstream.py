@@ -14,8 +14,10 @@ Layout (all integers little-endian)::
     crc32      u32      of everything above
 
 Everything but the payload is at most 32 bytes. ``unpack`` checks size, magic, version,
-CRC, task, dimensions and section lengths before anything is allocated or decoded; any
-mismatch raises ``BitstreamError`` saying what is wrong.
+CRC, task, dimensions, the pixel budget and section lengths before anything is allocated or
+decoded; any mismatch raises ``BitstreamError`` saying what is wrong. The CRC only catches
+accidents (anyone can recompute it): the model's decoder checks that each section is exactly
+what its encoder writes (``icm_core.models.entropy.rans_decode``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from icm_core.errors import BitstreamError
 MAGIC = b"ICM"
 FORMAT_VERSION = 1
 MAX_SIDE = 16384
+# decoding work and memory grow with the claimed size: streams above this many pixels are
+# refused unless the caller raises the budget (``unpack(..., max_pixels=)``, ``ICMModel.decode``)
+MAX_PIXELS = 4096 * 4096
 # stable codes: never renumber, only append
 TASK_CODES = {"semseg": 1, "depth": 2, "normals": 3, "boundary": 4, "human_parts": 5, "saliency": 6}
 _CODE_TASKS = {v: k for k, v in TASK_CODES.items()}
@@ -83,7 +88,8 @@ def pack(p: Packet) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def unpack(data: bytes) -> Packet:
+def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> Packet:
+    """Parse and check a container; nothing is allocated for images above ``max_pixels``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -101,6 +107,10 @@ def unpack(data: bytes) -> Packet:
         raise BitstreamError(f"unknown task code {code} in the header")
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise BitstreamError(f"image size {height}x{width} in the header is outside 1..{MAX_SIDE}")
+    if height * width > max_pixels:
+        raise BitstreamError(f"image size {height}x{width} in the header is {height * width} "
+                             f"pixels, above the decoding budget max_pixels={max_pixels}; raise "
+                             "max_pixels to decode it if the stream is trusted")
     pos, end = _FIXED.size, len(data) - 4
     lengths = []
     for _ in range(3):
