@@ -72,50 +72,81 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from pathlib import Path
+def _cmd_pretrain(args) -> int:
+    from icm_core.pretrain import pretrain_app
 
-    from icm_core.checkpoint import load_checkpoint
-    from icm_core.data import make_dataset
-    from icm_core.evaluate import evaluate, write_results
-    from icm_core.train import default_device
-
-    device = default_device()
-    model, ckpt = load_checkpoint(args.checkpoint, device)
-    dataset = make_dataset(model.cfg.data, "val", model.tasks)
-    out = Path(args.out or ckpt.parent)
-    for task in model.tasks:
-        r = evaluate(model, dataset, task, max_images=args.max_images, device=device)
-        name = f"{model.cfg.name}-{task}-lmbda{model.cfg.lmbda:g}"
-        desc = (f"{model.cfg.name}: {model.cfg.backbone.name} ({'pretrained' if model.pretrained else 'RANDOM'}"
-                f" weights), adapter {model.cfg.adapter.mode} r{model.cfg.adapter.rank}, lambda {model.cfg.lmbda:g},"
-                f" {r.images} {model.cfg.data.name} val images, real bitstreams")
-        write_results(out / f"results-{task}.json", out / f"results-{task}.csv", name, desc, [r])
-        bpp = "n/a (no compression)" if r.bpp is None else f"{r.bpp:.4f}"
-        print(f"{task}: {r.metric}={r.value:.3f} bpp={bpp} -> {out / f'results-{task}.json'}")
+    saved = sys.argv
+    sys.argv = ["icm pretrain", *args.overrides]
+    try:
+        pretrain_app()
+    finally:
+        sys.argv = saved
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from icm_core.checkpoint import load_config_file, resolve_checkpoint_dir
+    from icm_core.curves import run_points
+    from icm_core.evaluate import EvalResult, write_results
+    from icm_core.models.backbone import weights_available
+    from icm_core.train import default_device
+
+    ckpt = resolve_checkpoint_dir(args.checkpoint)
+    cfg = load_config_file(ckpt)
+    out = Path(args.out or ckpt.parent)
+    # the same cached points the workbench's rate-accuracy panel reads
+    for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device()):
+        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
+                       p.higher_is_better)
+        weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
+                   "pretrained" if weights_available(cfg.backbone) else "RANDOM")
+        name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
+        desc = (f"{cfg.name}: {cfg.backbone.name} ({weights} weights), adapter {cfg.adapter.mode} "
+                f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {cfg.data.name} val images, "
+                "real bitstreams")
+        write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv", name, desc, [r])
+        bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
+        print(f"{p.task}: {p.metric}={p.value:.3f} bpp={bpp} -> {out / f'results-{p.task}.json'}")
+    return 0
+
+
+def _writable_path(path, kind: str):
+    """``path`` as a Path, refused up front when an existing entry is of the wrong kind."""
+    from pathlib import Path
+
+    from icm_core.errors import ConfigError
+
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"-o {path}: is a folder; give the name of the .icm file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ConfigError(f"-o {path}: is a file; give a folder for the decoded predictions")
+    return path
+
+
+def _cannot_write(path, e: OSError):
+    from icm_core.errors import ConfigError
+
+    return ConfigError(f"-o {path}: cannot write there ({e.strerror or e}); give another path")
+
+
 def _cmd_encode(args) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
     from icm_core.checkpoint import load_checkpoint
-    from icm_core.errors import DatasetError
-    from icm_core.io import write_bytes
+    from icm_core.io import load_image, write_bytes
 
+    out = _writable_path(args.output, "file")
+    image = load_image(args.image)  # before the checkpoint: a bad image fails at once
     model, _ = load_checkpoint(args.checkpoint)
-    if args.task:
-        model.set_task(args.task)
+    data = model.encode(image, task=args.task or model.tasks[0])
     try:
-        img = np.asarray(Image.open(args.image).convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{args.image}: not a readable image ({e})") from e
-    data = model.encode(torch.from_numpy(img).permute(2, 0, 1))
-    write_bytes(args.output, data)
-    H, W = img.shape[:2]
-    print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (H * W):.4f} bpp, task {model.task}")
+        write_bytes(out, data)
+    except OSError as e:
+        raise _cannot_write(out, e) from e
+    s = data.sections
+    print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task} (header {s.header}, "
+          f"z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
     return 0
 
 
@@ -131,6 +162,7 @@ def _cmd_decode(args) -> int:
     from icm_core.tasks import get_task
     from icm_core.viz import colorize
 
+    outdir = _writable_path(args.output, "folder")
     try:
         data = Path(args.file).read_bytes()
     except OSError as e:
@@ -139,19 +171,21 @@ def _cmd_decode(args) -> int:
     out = model.decode(data)
     spec = get_task(out.task)
     pred = spec.activate(out.prediction)[0].cpu()
-    outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
     stem = Path(args.file).stem
-    if spec.kind == "classes":
-        arr = pred.argmax(0).numpy().astype(np.uint8)
-        with atomic_path(outdir / f"{stem}.{out.task}.png") as tmp:
-            Image.fromarray(arr).save(tmp, format="PNG")
-    else:
-        with atomic_path(outdir / f"{stem}.{out.task}.npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, pred.numpy().astype(np.float32))
-    with atomic_path(outdir / f"{stem}.{out.task}.preview.png") as tmp:
-        Image.fromarray(colorize(out.task, pred)).save(tmp, format="PNG")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        if spec.kind == "classes":
+            arr = pred.argmax(0).numpy().astype(np.uint8)
+            with atomic_path(outdir / f"{stem}.{out.task}.png") as tmp:
+                Image.fromarray(arr).save(tmp, format="PNG")
+        else:
+            with atomic_path(outdir / f"{stem}.{out.task}.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, pred.numpy().astype(np.float32))
+        with atomic_path(outdir / f"{stem}.{out.task}.preview.png") as tmp:
+            Image.fromarray(colorize(out.task, pred)).save(tmp, format="PNG")
+    except OSError as e:
+        raise _cannot_write(outdir, e) from e
     print(f"decoded {out.task} {tuple(pred.shape)} -> {outdir}")
     return 0
 
@@ -175,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs=argparse.REMAINDER,
                     help="e.g. experiment=quick task=depth lmbda=2 train.max_steps=300 out_dir=runs/a")
     tr.set_defaults(func=_cmd_train)
+
+    pre = sub.add_parser("pretrain", help="self-supervised MIM pretraining of the offline backbone "
+                         "(e.g. pretrain=quick steps=20 out_dir=runs/p resume=true)", add_help=False)
+    pre.add_argument("overrides", nargs=argparse.REMAINDER)
+    pre.set_defaults(func=_cmd_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint at real bitstream rates")
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
@@ -221,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv[1:2]):
-        # everything after 'train' belongs to Hydra, flags like -m/--multirun included
-        args = argparse.Namespace(func=_cmd_train, overrides=argv[1:])
+    if argv[:1] in (["train"], ["pretrain"]) and not {"-h", "--help"} & set(argv[1:2]):
+        # everything after 'train'/'pretrain' belongs to Hydra, flags like -m/--multirun included
+        args = argparse.Namespace(func=_cmd_train if argv[0] == "train" else _cmd_pretrain,
+                                  overrides=argv[1:])
     else:
         args = build_parser().parse_args(argv)
     try:

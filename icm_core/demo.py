@@ -42,7 +42,7 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = 300, lambdas=(0.02, 0
                            *extra_overrides])
         trainer = Trainer(cfg)
         trainer.fit(progress=progress)
-        results.append(next(e.values["results"] for e in reversed(trainer.history) if e.kind == "done")[0])
+        results.append(trainer.final_results[0])
         trainers.append(trainer)
     model = trainers[len(trainers) // 2].model
     desc = (f"quick preset ({model.cfg.backbone.name}, {'pretrained' if model.pretrained else 'RANDOM'} "
@@ -59,9 +59,9 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = 300, lambdas=(0.02, 0
     model.eval()
     with torch.no_grad():
         img = sample["image"].unsqueeze(0)
-        data = model.encode(img)
+        data = model.encode(img, task=task)
         decoded = model.decode(data).prediction[0]
-        bits = model(img).bit_map[0]
+        bits = model.predict(img, task=task).bits_map()[0]
     panel = prediction_panel(sample["image"], sample[task], decoded, bits, task)
     rows = "".join(f"<tr><td>{lm:g}</td><td>{r.bpp:.4f}</td><td>{r.bpp_estimated:.4f}</td>"
                    f"<td>{r.value:.2f}</td></tr>" for lm, r in zip(lambdas, results))

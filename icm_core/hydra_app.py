@@ -19,7 +19,7 @@ _register_schema()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def train_app(cfg: DictConfig) -> float:
+def train_app(cfg: DictConfig) -> float | None:
     try:
         return _train(cfg)
     except ICMError as e:  # one line, exit 2, as every other icm command
@@ -27,7 +27,7 @@ def train_app(cfg: DictConfig) -> float:
         raise SystemExit(2) from None
 
 
-def _train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float | None:
     from dataclasses import replace
 
     from hydra.core.hydra_config import HydraConfig
@@ -41,8 +41,13 @@ def _train(cfg: DictConfig) -> float:
         exp = replace(exp, out_dir=HydraConfig.get().runtime.output_dir)
     trainer = Trainer(exp)
     trainer.fit()
-    results = [e.values for e in trainer.history if e.kind == "eval"][-len(exp.tasks):]
+    results = [r.summary() for r in trainer.final_results]
     log.info("final evaluation: %s", json.dumps(results))
     log.info("checkpoint: %s", exp.out_dir)
     print(f"checkpoint: {exp.out_dir}")
-    return float(trainer.history[-1].step)
+    # the sweep objective (Hydra's optimizing sweepers minimize it): the first task's final
+    # metric, negated where higher is better
+    first = trainer.final_results[0] if trainer.final_results else None
+    if first is None:
+        return None
+    return -first.value if first.higher_is_better else first.value

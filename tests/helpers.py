@@ -2,7 +2,7 @@
 
 from icm_core.config import load_config
 
-TINY = ["data.size=[64,64]", "model.decoder_dims=[32,16,16]", "model.latent_channels=16",
+TINY = ["data.size=[64,64]", "data.workers=0", "model.decoder_dims=[32,16,16]", "model.latent_channels=16",
         "model.hyper_channels=16", "model.prelim_width=16"]
 
 

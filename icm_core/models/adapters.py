@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
@@ -87,19 +88,42 @@ def attach_adapters(backbone: Backbone, cfg: AdapterConfig, tasks) -> None:
         for t in tasks[1:]:
             peft_model.add_adapter(t, copy.deepcopy(config))
         backbone.model = peft_model
-        set_backbone_task(backbone, tasks[0])
-    else:
-        backbone.requires_grad_(cfg.mode in ("full", "scratch"))
+        route(backbone, tasks[0])
+    set_trainable(backbone, tasks)
 
 
-def set_backbone_task(backbone: Backbone, task: str) -> None:
-    """Route the forward pass through ``task``'s adapter; only that adapter trains."""
+def _tuner_layers(backbone: Backbone) -> list[BaseTunerLayer]:
+    layers = getattr(backbone, "_tuner_layers", None)
+    if layers is None:
+        layers = [m for m in backbone.model.modules() if isinstance(m, BaseTunerLayer)]
+        backbone._tuner_layers = layers
+    return layers
+
+
+def route(backbone: Backbone, task: str) -> None:
+    """Put ``task``'s adapter in the forward path, leaving every ``requires_grad`` as it is.
+
+    peft's ``set_adapter`` also flips trainability (only the active adapter trains); that is a
+    training decision, made once by ``set_trainable``, not something a forward pass may change.
+    So only each tuner layer's active-adapter list is set here.
+    """
     if task not in backbone.tasks:
         raise ConfigError(f"task {task!r} has no adapter; this model has {backbone.tasks}")
     if backbone.adapter_cfg.mode in ("dora", "lora"):
-        backbone.model.set_adapter(task)
+        for layer in _tuner_layers(backbone):
+            layer._active_adapter = [task]
+
+
+def set_trainable(backbone: Backbone, tasks) -> None:
+    """Exactly the backbone tensors that ``tasks`` own train: their adapters (dora/lora), every
+    weight (full/scratch) or nothing (fixed)."""
+    mode = backbone.adapter_cfg.mode
+    if mode in ("dora", "lora"):
+        own = {f".{t}." for t in tasks}
         for name, p in backbone.model.named_parameters():
-            p.requires_grad_(f".{task}." in name or name.endswith(f".{task}"))
+            p.requires_grad_(any(o in name for o in own) or any(name.endswith(o[:-1]) for o in own))
+    else:
+        backbone.requires_grad_(mode in ("full", "scratch"))
 
 
 def adapter_state_dict(backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
@@ -118,7 +142,21 @@ def adapter_state_dict(backbone: Backbone, task: str, clone: bool = True) -> dic
 
 
 def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:
+    """Load what ``adapter_state_dict`` returned; a partial or misshapen state is refused first.
+
+    peft loads non-strictly: without this check missing keys would keep their old values.
+    """
     mode = backbone.adapter_cfg.mode
+    want = adapter_state_dict(backbone, task, clone=False)
+    missing = sorted(want.keys() - state.keys())
+    unexpected = sorted(state.keys() - want.keys())
+    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})"
+             for k, v in sorted(want.items()) if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"{what} {len(keys)}: {keys[:4]}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ConfigError(f"adapter of task {task!r} does not fit this backbone (adapter {mode}): "
+                          + "; ".join(parts))
     if mode in ("dora", "lora"):
         result = set_peft_model_state_dict(backbone.model, state, adapter_name=task)
         bad = [k for k in result.unexpected_keys if f".{task}" in k]
@@ -145,11 +183,12 @@ def trainable_parameters(backbone: Backbone, task: str) -> ParameterReport:
     mode = backbone.adapter_cfg.mode
     own = adapter_state_dict(backbone, task, clone=False) if mode in ("dora", "lora") else {}
     adapter_ids = {id(p) for n, p in backbone.named_parameters() if "lora_" in n}
-    base = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter_ids)
+    used = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter_ids)
+    base = used + backbone.pruned_params  # the whole network, as the paper counts it
     if mode in ("dora", "lora"):
         trainable = sum(v.numel() for v in own.values())
     elif mode in ("full", "scratch"):
-        trainable = base
+        trainable = used  # pruned modules (unused norms, head) do not exist, so do not train
     else:
         trainable = 0
     return ParameterReport(base, trainable)

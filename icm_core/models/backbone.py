@@ -1,14 +1,21 @@
 """Section 2.2: the frozen pre-trained vision backbone (EVA-02 via timm), shared by all tasks.
 
-The encoder is a plain ViT at output stride 16 (the EVA-02 patch embedding resampled from
-14 to 16 pixels when weights are loaded). Features of 4 blocks are returned as NCHW maps
-(B, C, H/16, W/16). Attention projections are built unfused (``qkv_fused=False``) so that
-adapters wrapped around ``q_proj``/``k_proj``/``v_proj`` are really in the forward path: a
-fused ``qkv`` is read through ``F.linear(x, self.qkv.weight)`` and would bypass them.
+The encoder is a plain ViT at output stride ``patch_size`` (16 in the paper: the EVA-02
+patch embedding is resampled from 14 to 16 pixels when weights are loaded). Features of 4
+blocks are returned as NCHW maps (B, C, H/p, W/p). Attention projections are built unfused
+(``qkv_fused=False``) so that adapters wrapped around ``q_proj``/``k_proj``/``v_proj`` are
+really in the forward path: a fused ``qkv`` is read through ``F.linear(x, self.qkv.weight)``
+and would bypass them.
+
+What ``forward_intermediates`` never reads (the final and pooling norms, the classifier head,
+blocks after the last feature block) is pruned at build time: parameters outside the forward
+pass would stay trainable in ``full``/``scratch`` mode and break DistributedDataParallel,
+which expects every trainable parameter to receive a gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,6 +29,9 @@ from icm_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "eva02_tiny_synthetic.safetensors"
+SYNTHETIC_NOTICE = ("backbone {name!r}: weights pretrained on synthetic scenes ('icm pretrain'), not "
+                    "ImageNet: check conclusions with real EVA-02 weights (backbone.weights=hub or a file)")
 RANDOM_WEIGHTS_WARNING = (
     "backbone {name!r} has RANDOM weights ({why}): features are not pre-trained, results are "
     "not comparable with the paper. Give backbone.weights=PATH or run online with weights=hub."
@@ -91,6 +101,9 @@ class Backbone(nn.Module):
         pretrained: ``False`` when the weights are random (say so in every report).
         out_indices: the blocks whose outputs are returned.
         embed_dim: channels of each feature map.
+        stride: pixels per feature-map position (the patch size).
+        pruned_params: parameters of the timm model that were removed as unused; counted in
+            the backbone's size, which the paper gives for the whole network (304 M).
     """
 
     def __init__(self, cfg: BackboneConfig, load_weights: bool = True):
@@ -118,6 +131,7 @@ class Backbone(nn.Module):
                               f"[0, {depth})")
         self.embed_dim = self.model.embed_dim
         self.stride = cfg.patch_size
+        self.pruned_params, self._pruned_keys = self._prune()
         pc = self.model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1), False)
@@ -126,10 +140,29 @@ class Backbone(nn.Module):
         if load_weights:
             self._load_weights(cfg)
 
+    def _prune(self) -> tuple[int, frozenset[str]]:
+        """Drop what ``forward_intermediates`` does not use; -> (parameters, state keys) removed."""
+        if not hasattr(self.model, "prune_intermediate_layers"):
+            raise ConfigError(f"backbone.name={self.cfg.name!r} cannot prune unused layers "
+                              "(no prune_intermediate_layers in timm); use a ViT or EVA-02")
+        before = sum(p.numel() for p in self.model.parameters())
+        keys = set(self.model.state_dict())
+        self.model.prune_intermediate_layers(self.out_indices, prune_norm=True, prune_head=True)
+        after = sum(p.numel() for p in self.model.parameters())
+        return before - after, frozenset(keys - set(self.model.state_dict()))
+
     def _load_weights(self, cfg: BackboneConfig) -> None:
         w = cfg.weights
         if w in ("none", "", None):
             log.warning(RANDOM_WEIGHTS_WARNING.format(name=cfg.name, why="backbone.weights=none"))
+            return
+        if w == "synthetic":
+            if not SYNTHETIC_WEIGHTS.is_file():
+                raise ConfigError(f"backbone.weights=synthetic: {SYNTHETIC_WEIGHTS} is missing; reinstall "
+                                  "the package, or give the backbone.safetensors of 'icm pretrain'")
+            self.load_checkpoint(SYNTHETIC_WEIGHTS)
+            self.weights_source = "synthetic"
+            log.warning(SYNTHETIC_NOTICE.format(name=cfg.name))
             return
         if w in ("hub", "auto"):
             try:
@@ -147,13 +180,17 @@ class Backbone(nn.Module):
         self.load_checkpoint(path)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Load a timm/EVA checkpoint (fused or unfused qkv, patch 14 or 16) strictly."""
+        """Load a timm/EVA checkpoint (fused or unfused qkv, patch 14 or 16) strictly.
+
+        Tensors of pruned modules (final norms, head, unused blocks) are skipped; any other
+        key the checkpoint lacks or adds is an error.
+        """
         from timm.models.eva import checkpoint_filter_fn
 
         state = split_fused_qkv(_read_state_dict(Path(path)))
         state = checkpoint_filter_fn(state, self.model)
-        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))
-                 or k in self.model.state_dict()}
+        state = {k: v for k, v in state.items() if k not in self._pruned_keys
+                 and not k.startswith(("head.", "fc_norm."))}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if "rope" not in k]
         if missing or unexpected:
@@ -169,8 +206,33 @@ class Backbone(nn.Module):
         m = self.model
         return m.get_base_model() if hasattr(m, "get_base_model") else m
 
+    @contextlib.contextmanager
+    def capture_attention(self, block: int):
+        """Record the softmax attention of timm block ``block`` during the forwards inside.
+
+        Yields a list that receives one (B, heads, N, N) tensor per forward, detached; N counts
+        the prefix (class) tokens first, then the patches row-major. The block computes its
+        attention explicitly only while capturing (timm's fused kernel never forms the matrix);
+        on exit the fused path and the hooks are restored.
+        """
+        blocks = self.vit.blocks
+        if not 0 <= block < len(blocks):
+            raise ConfigError(f"block {block}: this backbone has blocks 0..{len(blocks) - 1}")
+        attn = blocks[block].attn
+        if not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
+            raise ConfigError(f"{type(attn).__name__} cannot report its attention weights")
+        maps: list[torch.Tensor] = []
+        fused = attn.fused_attn
+        hook = attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(i[0].detach()))
+        attn.fused_attn = False
+        try:
+            yield maps
+        finally:
+            attn.fused_attn = fused
+            hook.remove()
+
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """image (B, 3, H, W) in [0, 1], H and W multiples of the stride -> 4 x (B, C, H/16, W/16)."""
+        """image (B, 3, H, W) in [0, 1], H and W multiples of the stride p -> 4 x (B, C, H/p, W/p)."""
         x = (image - self.mean) / self.std
         return self.vit.forward_intermediates(x, indices=self.out_indices, intermediates_only=True,
                                               output_fmt="NCHW")
@@ -181,6 +243,8 @@ def weights_available(cfg: BackboneConfig) -> bool:
     w = cfg.weights
     if w in ("none", "", None):
         return False
+    if w == "synthetic":
+        return SYNTHETIC_WEIGHTS.is_file()
     if w in ("hub", "auto"):
         from huggingface_hub import try_to_load_from_cache
 

@@ -1,45 +1,57 @@
-"""The whole system of paper Fig. 1, one task at a time.
+"""The whole system of paper Fig. 1; the task is an argument of every call.
 
-    image (B,3,H,W) -> pad to 64 -> backbone + task adapter -> 4 x (B,C,H/16,W/16)
+    image (B,3,H,W) -> pad to 4p -> backbone + task adapter -> 4 x (B,C,H/p,W/p)  (p = patch, 16)
       -> preliminary decoder -> task features (B,D,.) + coarse prediction (B,C_t,.)
-      -> concat -> Proj -> y (B,M,H/16,W/16) -> dual spatial entropy model -> y_hat
-      -> low-complexity decoder -> prediction (B,C_t,H,W) -> crop
+      -> concat -> Proj -> y (B,M,H/p,W/p)                               [TaskHead.analysis]
+      -> dual spatial entropy model -> y_hat                            [entropy.py, coding.py]
+      -> low-complexity decoder -> prediction (B,C_t,H,W) -> crop        [TaskHead.synthesis]
 
 Tasks share the backbone in memory; each owns an adapter and a ``TaskHead`` (preliminary
-decoder, projection, entropy model, decoder). ``set_task`` picks the active one. With
-``model.compression=False`` the entropy model is left out and y passes through unchanged:
-the paper's uncompressed "Baseline" models are this same class.
+decoder, projection, entropy model, decoder). With ``model.compression=False`` the entropy
+model is left out and y passes through unchanged: the paper's uncompressed "Baseline" models
+are this same class.
+
+Threads. A notebook trains in the background while the user inspects the same model. Every
+forward routes the backbone through the task's adapter under ``model.lock`` (an RLock); the
+trainer holds it for a whole step (forward, backward, optimizer), so a reader never sees
+half-updated weights or another task's adapter: it reads the weights between two steps.
+Read paths (``predict``, ``encode``, ``decode``, ``icm_core.inspect``) run in eval mode under
+the lock and put every module's mode back before releasing it; none of them changes which
+parameters train: that is decided once, by the trainer.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icm_core.coding import TABLE_BUFFERS, DecodedOutput, EncodedImage
 from icm_core.config import ExperimentConfig
-from icm_core.errors import BitstreamError, ConfigError
+from icm_core.errors import ConfigError
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import Backbone
-from icm_core.models.decoder import AttentionMaps, TransformerDecoder
-from icm_core.models.entropy import DualSpatialEntropyModel, bits_of
+from icm_core.models.decoder import AttentionMaps, DecoderOutput, TransformerDecoder
+from icm_core.models.entropy import DualSpatialEntropyModel, EntropyOutput, bits_of
 from icm_core.models.prelim import PreliminaryDecoder, upsample_to
 from icm_core.tasks import get_task, resolve_tasks
 
 log = logging.getLogger(__name__)
 
-STRIDE = 64  # encoder stride 16 x hyperprior stride 4: H and W are padded to a multiple of it
-_TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+# h_a halves y twice and h_s doubles z twice (entropy.py): y's sides must be multiples of 4, so
+# images are padded to 4 x the patch size (64 in the paper). The decoder takes any latent size.
+HYPERPRIOR_STRIDE = 4
 
 
 @dataclass
 class ICMOutput:
-    """What ``ICMModel.forward`` returns for the active task."""
+    """What ``ICMModel.forward`` returns for one task."""
 
     task: str
     prediction: torch.Tensor  # (B, C_t, H, W) raw (logits for class tasks)
@@ -47,25 +59,65 @@ class ICMOutput:
     y_hat: torch.Tensor  # (B, M, h, w) the decoder's input
     likelihoods: dict[str, torch.Tensor] | None  # "y", "z"; None without compression
     image_size: tuple[int, int]
-    attention: list[AttentionMaps] | None = None
+    attention: list[AttentionMaps] | None = None  # every decoder block, in decode order
+    entropy: EntropyOutput | None = None  # priors and masks of the entropy model
+    latent_stride: int = 16  # input pixels per latent position (the patch size)
+
+    @property
+    def valid_latent_hw(self) -> tuple[int, int]:
+        """Latent positions that cover the image itself (the rest cover the padding)."""
+        H, W = self.image_size
+        s = self.latent_stride
+        return -(-H // s), -(-W // s)
 
     @property
     def bits(self) -> torch.Tensor | None:
-        """Per-element bits of y, (B, M, h, w)."""
+        """Per-element bits of y, (B, M, h, w) over the padded latent."""
         return None if self.likelihoods is None else bits_of(self.likelihoods["y"])
 
     @property
     def bit_map(self) -> torch.Tensor | None:
-        """Bits per latent position (B, h, w): y summed over channels (where the bits go)."""
+        """Bits per latent position (B, h, w) over the padded latent: y summed over channels."""
         b = self.bits
         return None if b is None else b.sum(dim=1)
+
+    def bits_map(self) -> torch.Tensor | None:
+        """Bits of y per latent position, (B, h', w') cropped to the image's valid region."""
+        b = self.bit_map
+        h, w = self.valid_latent_hw
+        return None if b is None else b[:, :h, :w]
+
+    def bits_per_channel(self) -> torch.Tensor | None:
+        """(B, M) bits of y per channel over the valid region: which channels carry the bits."""
+        b = self.bits
+        h, w = self.valid_latent_hw
+        return None if b is None else b[..., :h, :w].sum(dim=(-2, -1))
+
+    def z_bits_map(self) -> torch.Tensor | None:
+        """(B, h/4, w/4) bits of z per hyper-latent position (over the padded latent)."""
+        if self.likelihoods is None:
+            return None
+        return bits_of(self.likelihoods["z"]).sum(dim=1)
+
+    @property
+    def bits_y(self) -> torch.Tensor:
+        """(B,) bits of y; zeros without compression."""
+        return self._bits("y")
+
+    @property
+    def bits_z(self) -> torch.Tensor:
+        """(B,) bits of the hyper-latent z; zeros without compression."""
+        return self._bits("z")
+
+    def _bits(self, key: str) -> torch.Tensor:
+        if self.likelihoods is None:
+            return torch.zeros(self.prediction.shape[0], device=self.prediction.device)
+        return bits_of(self.likelihoods[key]).flatten(1).sum(1)
 
     @property
     def total_bits(self) -> torch.Tensor:
         """(B,) bits of y and z; zeros without compression."""
-        if self.likelihoods is None:
-            return torch.zeros(self.prediction.shape[0], device=self.prediction.device)
-        return sum(bits_of(v).flatten(1).sum(1) for v in self.likelihoods.values())
+        return self.bits_y + self.bits_z
 
     @property
     def bpp(self) -> torch.Tensor:
@@ -74,15 +126,8 @@ class ICMOutput:
         return self.total_bits / (H * W)
 
 
-@dataclass
-class DecodedOutput:
-    task: str
-    prediction: torch.Tensor  # (1, C_t, H, W)
-    y_hat: torch.Tensor
-
-
 class TaskHead(nn.Module):
-    """Everything one task owns besides its adapter."""
+    """Everything one task owns besides its adapter: the two sides of Fig. 1 after the backbone."""
 
     def __init__(self, feat_channels: int, out_channels: int, cfg: ExperimentConfig):
         super().__init__()
@@ -92,6 +137,16 @@ class TaskHead(nn.Module):
         self.entropy = DualSpatialEntropyModel(m.latent_channels, m.hyper_channels) if m.compression else None
         self.decoder = TransformerDecoder(m.latent_channels, out_channels, m.decoder_dims,
                                           m.decoder_depths, m.decoder_heads, m.decoder)
+
+    def analysis(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sender side: 4 backbone maps -> (coarse prediction, y), both (B, ., h, w)."""
+        task_features, coarse = self.prelim(feats)  # (B, D, h, w), (B, C_t, h, w)
+        y = self.proj(torch.cat([task_features, coarse], dim=1))  # (B, M, h, w)
+        return coarse, y
+
+    def synthesis(self, y_hat: torch.Tensor, size, return_attention: bool = False) -> DecoderOutput:
+        """Receiver side: y_hat -> the prediction at ``size`` (the padded image size)."""
+        return self.decoder(y_hat, size, return_attention)
 
 
 class ICMModel(nn.Module):
@@ -116,10 +171,17 @@ class ICMModel(nn.Module):
         C = self.backbone.embed_dim
         self.heads = nn.ModuleDict({t: TaskHead(C, get_task(t).out_channels(self.dataset), cfg)
                                     for t in self.tasks})
-        self._cpu_coders: dict[str, tuple[bytes, DualSpatialEntropyModel]] = {}
-        self._fingerprints: dict[str, tuple[tuple, bytes]] = {}
-        self.task = self.tasks[0]
-        self.set_task(self.task)
+        self.lock = threading.RLock()
+
+    # an RLock cannot be copied or pickled: copies get a lock of their own
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("lock", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.lock = threading.RLock()
 
     @property
     def pretrained(self) -> bool:
@@ -129,67 +191,177 @@ class ICMModel(nn.Module):
     def compression(self) -> bool:
         return self.cfg.model.compression
 
-    def set_task(self, task: str) -> None:
-        """Make ``task`` active: its adapter is in the forward path and only its weights train."""
-        task = get_task(task).name
-        if task not in self.heads:
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    def task_arg(self, task: str | None) -> str:
+        """The canonical name of ``task``; may be omitted only when the model has one task."""
+        if task is None:
+            if len(self.tasks) != 1:
+                raise ConfigError(f"this model has tasks {list(self.tasks)}: say which one "
+                                  "(task=...)")
+            return self.tasks[0]
+        name = get_task(task).name
+        if name not in self.heads:
             raise ConfigError(f"task {task!r} is not in this model; it has {list(self.tasks)}")
-        self.task = task
-        ad.set_backbone_task(self.backbone, task)
-        for t, head in self.heads.items():
-            head.requires_grad_(t == task)
-        if self.cfg.adapter.mode == "fixed":
-            self.backbone.requires_grad_(False)
+        return name
 
     def trainable_parameters(self, task: str | None = None) -> ad.ParameterReport:
-        return ad.trainable_parameters(self.backbone, task or self.task)
+        """Backbone parameters ``task`` trains (the paper's "0.41 %")."""
+        return ad.trainable_parameters(self.backbone, self.task_arg(task))
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Every parameter ``task`` owns and may train: its adapter (or the backbone in
+        full/scratch mode) and its head. In ``fixed`` mode the backbone contributes none."""
+        task = self.task_arg(task)
+        mode = self.cfg.adapter.mode
+        if mode in ("dora", "lora"):
+            own = [p for n, p in self.backbone.model.named_parameters()
+                   if f".{task}." in n or n.endswith(f".{task}")]
+        elif mode in ("full", "scratch"):
+            own = list(self.backbone.parameters())
+        else:
+            own = []
+        return own + list(self.heads[task].parameters())
 
     # -- forward ------------------------------------------------------------------------
-    def _latent(self, image: torch.Tensor, head: TaskHead):
-        H, W = image.shape[-2:]
-        padded = F.pad(image, (0, (-W) % STRIDE, 0, (-H) % STRIDE), mode="replicate")
-        feats = self.backbone(padded)  # 4 x (B, C, Hp/16, Wp/16)
-        task_features, coarse = head.prelim(feats)  # (B, D, h, w), (B, C_t, h, w)
-        y = head.proj(torch.cat([task_features, coarse], dim=1))  # (B, M, h, w)
-        return padded.shape[-2:], coarse, y
+    @property
+    def stride(self) -> int:
+        """Padding multiple of H and W: the latent stride (patch size) x the hyperprior's 4."""
+        return self.backbone.stride * HYPERPRIOR_STRIDE
 
-    def forward(self, image: torch.Tensor, return_attention: bool = False) -> ICMOutput:
-        """image (B, 3, H, W) in [0, 1] -> ``ICMOutput`` of the active task."""
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) rounded up to multiples of ``stride``: what the backbone and decoder see."""
+        s = self.stride
+        return -(-height // s) * s, -(-width // s) * s
+
+    def analysis(self, image: torch.Tensor, task: str):
+        """image (B, 3, H, W) -> (coarse (B, C_t, h, w), y (B, M, h, w), padded (Hp, Wp))."""
+        with self.lock:
+            ad.route(self.backbone, task)
+            H, W = image.shape[-2:]
+            Hp, Wp = self.padded_size(H, W)
+            padded = F.pad(image, (0, Wp - W, 0, Hp - H), mode="replicate")
+            feats = self.backbone(padded)  # 4 x (B, C, Hp/p, Wp/p)
+            coarse, y = self.heads[task].analysis(feats)
+        return coarse, y, (Hp, Wp)
+
+    def forward(self, image: torch.Tensor, task: str | None = None,
+                return_attention: bool = False) -> ICMOutput:
+        """image (B, 3, H, W) in [0, 1] -> ``ICMOutput`` of ``task`` (train or eval mode as set)."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ConfigError(f"image of shape {tuple(image.shape)}: expected (B, 3, H, W) in [0, 1]")
-        head = self.heads[self.task]
+        task = self.task_arg(task)
+        head = self.heads[task]
         H, W = image.shape[-2:]
-        padded_hw, coarse, y = self._latent(image, head)
-        if head.entropy is not None:
-            # rates in float32 even under bf16 autocast: the coder needs the exact parameters
-            with torch.autocast(device_type=y.device.type, enabled=False):
-                ent = head.entropy(y.float())
-            y_hat, likelihoods = ent.y_hat, ent.likelihoods
-        else:
-            y_hat, likelihoods = y, None
-        dec = head.decoder(y_hat, padded_hw, return_attention)
+        with self.lock:
+            coarse, y, padded_hw = self.analysis(image, task)
+            ent = None
+            if head.entropy is not None:
+                # rates in float32 even under bf16 autocast: the coder needs the exact parameters
+                with torch.autocast(device_type=y.device.type, enabled=False):
+                    ent = head.entropy(y.float())
+                y_hat, likelihoods = ent.y_hat, ent.likelihoods
+            else:
+                y_hat, likelihoods = y, None
+            dec = head.synthesis(y_hat, padded_hw, return_attention)
         preliminary = upsample_to(coarse, padded_hw)[..., :H, :W]
-        return ICMOutput(self.task, dec.prediction[..., :H, :W], preliminary, y_hat, likelihoods,
-                         (int(H), int(W)), dec.attention)
+        return ICMOutput(task, dec.prediction[..., :H, :W], preliminary, y_hat, likelihoods,
+                         (int(H), int(W)), dec.attention, ent, self.backbone.stride)
 
-    # -- bitstreams ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reading(self, task: str | None = None):
+        """Hold the model for a read: lock, eval mode, no autograd; modes restored after.
+
+        With ``task``, the backbone is routed through its adapter for the whole block.
+        """
+        with self.lock:
+            modes = [(m, m.training) for m in self.modules()]
+            self.eval()
+            try:
+                if task is not None:
+                    ad.route(self.backbone, self.task_arg(task))
+                with torch.no_grad():
+                    yield self
+            finally:
+                for m, mode in modes:
+                    m.training = mode
+
+    def predict(self, image: torch.Tensor, task: str | None = None,
+                return_attention: bool = False) -> ICMOutput:
+        """Eval-mode forward without gradients, whatever mode the model is in (safe while a
+        trainer holds the same model in another thread)."""
+        with self.reading():
+            return self(image.to(self.device), task, return_attention)
+
+    # -- bitstreams (icm_core.coding) ----------------------------------------------------
+    def encode(self, image: torch.Tensor, task: str | None = None) -> EncodedImage:
+        """One image (3, H, W) or (1, 3, H, W) in [0, 1] -> its stream (``EncodedImage``: bytes
+        with section sizes and the entropy model's estimate)."""
+        from icm_core.coding import encode
+
+        return encode(self, image, task)
+
+    def decode(self, data: bytes, max_pixels: int | None = None,
+               return_attention: bool = False) -> DecodedOutput:
+        """Bytes from ``encode`` -> the prediction of the stream's task (see ``coding.decode``)."""
+        from icm_core.coding import decode
+
+        return decode(self, data, max_pixels=max_pixels, return_attention=return_attention)
+
+    def fingerprint(self, task: str | None = None) -> bytes:
+        """8 bytes identifying the weights that encode and decode ``task``."""
+        from icm_core.coding import fingerprint
+
+        return fingerprint(self, self.task_arg(task))
+
+    # -- task files ---------------------------------------------------------------------
     def task_state_dict(self, task: str | None = None, clone: bool = True) -> dict[str, torch.Tensor]:
         """What ``task`` owns: ``adapter.*`` (backbone tensors it trains) and ``head.*``."""
-        task = task or self.task
+        task = self.task_arg(task)
         state = {f"adapter.{k}": v for k, v in ad.adapter_state_dict(self.backbone, task, clone).items()}
         state.update({f"head.{k}": v.detach().clone() if clone else v.detach()
                       for k, v in self.heads[task].state_dict().items()})
         return state
 
-    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
+    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor], *,
+                             check_only: bool = False) -> None:
+        """Load what ``task_state_dict`` returned; ``check_only``: only check it.
+
+        Keys, shapes (dtypes of the entropy tables) are checked first: a partial or foreign state raises
+        ``ConfigError`` naming the keys, and the model is left as it was.
+        """
         task = get_task(task).name
+        if task not in self.heads:
+            raise ConfigError(f"task {task!r} is not in this model; it has {list(self.tasks)}")
+        want = self.task_state_dict(task, clone=False)
+        missing = sorted(want.keys() - state.keys())
+        unexpected = sorted(state.keys() - want.keys())
+        wrong = []
+        for k in sorted(want.keys() & state.keys()):
+            w, v = want[k], state[k]
+            table = k.rsplit(".", 1)[-1] in TABLE_BUFFERS  # shapes vary, dtypes must not
+            if (v.dtype != w.dtype) if table else (v.shape != w.shape):
+                wrong.append(f"{k} {tuple(v.shape)} {v.dtype} (model: {tuple(w.shape)} {w.dtype})")
+        if missing or unexpected or wrong:
+            a = self.cfg.adapter
+            rank = f" rank {a.rank}" if a.mode in ("dora", "lora") else ""
+            raise ConfigError(
+                f"weights of task {task!r} do not fit this model (adapter {a.mode}{rank}): "
+                + "; ".join(f"{what} {len(keys)} {'key' if len(keys) == 1 else 'keys'} {keys[:4]}"
+                            for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("wrong shape", wrong)) if keys)
+                + "; the file is partial or from another model")
+        if check_only:
+            return
         adapter = {k[8:]: v for k, v in state.items() if k.startswith("adapter.")}
         head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        if adapter or self.cfg.adapter.mode in ("dora", "lora", "full", "scratch"):
+        if self.cfg.adapter.mode in ("dora", "lora", "full", "scratch"):
             ad.load_adapter_state_dict(self.backbone, task, adapter)
         entropy = self.heads[task].entropy
         if entropy is not None:  # table buffers are rebuilt from the weights; take their shapes
-            for name in _TABLE_BUFFERS:
+            for name in TABLE_BUFFERS:
                 for key in [k for k in head if k.endswith(name)]:
                     mod = self.heads[task].get_submodule(key.rsplit(".", 1)[0])
                     setattr(mod, name, head[key].clone())
@@ -198,101 +370,6 @@ class ICMModel(nn.Module):
         if missing or unexpected:
             raise ConfigError(f"weights of task {task!r} do not fit this model: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
-        self.set_task(self.task)
-
-    def fingerprint(self, task: str | None = None) -> bytes:
-        """8 bytes identifying the weights that encode and decode ``task``.
-
-        Cached until a tensor changes (in-place updates bump torch's version counters), so
-        coding a dataset image by image hashes the weights once.
-        """
-        task = task or self.task
-        state = {k: v for k, v in self.task_state_dict(task, clone=False).items()
-                 if k.rsplit(".", 1)[-1] not in _TABLE_BUFFERS}  # tables follow from the weights
-        key = tuple((k, v.data_ptr(), v._version) for k, v in sorted(state.items()))
-        cached = self._fingerprints.get(task)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        h = hashlib.sha256()
-        for k, v in sorted(state.items()):
-            h.update(k.encode())
-            h.update(str(tuple(v.shape)).encode())
-            h.update(v.cpu().contiguous().numpy().tobytes())
-        self._fingerprints[task] = (key, h.digest()[:8])
-        return h.digest()[:8]
-
-    def _entropy_model(self, task: str) -> DualSpatialEntropyModel:
-        em = self.heads[task].entropy
-        if em is None:
-            raise ConfigError("this model has no compression stage (model.compression=false): "
-                              "nothing to encode; use a compressing experiment")
-        return em
-
-    def _coder(self, task: str) -> DualSpatialEntropyModel:
-        """The entropy model that writes and reads bits: always on the CPU in float32.
-
-        Encoder and decoder must compute bit-identical entropy parameters; GPU kernels need
-        not, so a model on a GPU codes with a CPU copy (refreshed when the weights change).
-        """
-        em = self._entropy_model(task)
-        if em.h_a[0].weight.device.type == "cpu":
-            return em
-        key = self.fingerprint(task)
-        cached = self._cpu_coders.get(task)
-        if cached is None or cached[0] != key:
-            cached = (key, copy.deepcopy(em).cpu().float().eval())
-            self._cpu_coders[task] = cached
-        return cached[1]
-
-    @torch.no_grad()
-    def encode(self, image: torch.Tensor) -> bytes:
-        """One image (3, H, W) or (1, 3, H, W) in [0, 1] -> the bytes of its container."""
-        from icm_core.bitstream import Packet, pack
-
-        image = image.unsqueeze(0) if image.dim() == 3 else image
-        if image.shape[0] != 1:
-            raise ConfigError(f"encode takes one image, got a batch of {image.shape[0]}")
-        self._entropy_model(self.task)  # a clear error without compression
-        was_training = self.training
-        self.eval()
-        try:
-            _, _, y = self._latent(image.float(), self.heads[self.task])
-            coded = self._coder(self.task).compress(y.float().cpu())
-        finally:
-            self.train(was_training)
-        H, W = image.shape[-2:]
-        return pack(Packet(self.task, self.fingerprint(), int(H), int(W), tuple(coded["strings"])))
-
-    @torch.no_grad()
-    def decode(self, data: bytes) -> DecodedOutput:
-        """Bytes from ``encode`` -> the prediction; ``BitstreamError`` for foreign or broken streams."""
-        from icm_core.bitstream import unpack
-
-        packet = unpack(data)
-        if packet.task not in self.heads:
-            raise BitstreamError(f"stream is for task {packet.task!r}; this model has {list(self.tasks)}")
-        if packet.fingerprint != self.fingerprint(packet.task):
-            raise BitstreamError(f"stream was made by other weights for task {packet.task!r} "
-                                 f"(fingerprint {packet.fingerprint.hex()} != "
-                                 f"{self.fingerprint(packet.task).hex()}); use the checkpoint that encoded it")
-        coder = self._coder(packet.task)
-        Hp, Wp = -(-packet.height // STRIDE) * STRIDE, -(-packet.width // STRIDE) * STRIDE
-        previous = self.task
-        was_training = self.training
-        self.set_task(packet.task)
-        self.eval()
-        try:
-            try:  # only the payload's errors are the stream's fault; a decoder error is a bug
-                y_hat = coder.decompress(list(packet.sections), (Hp // STRIDE, Wp // STRIDE),
-                                         (Hp // 16, Wp // 16))
-            except (RuntimeError, ValueError, IndexError, OverflowError) as e:
-                raise BitstreamError(f"payload does not decode with this model: {e}") from e
-            y_hat = y_hat.to(self.heads[packet.task].proj.weight.device)
-            pred = self.heads[packet.task].decoder(y_hat, (Hp, Wp)).prediction
-        finally:
-            self.train(was_training)
-            self.set_task(previous)
-        return DecodedOutput(packet.task, pred[..., : packet.height, : packet.width], y_hat)
 
 
 def _hash_backbone(backbone: Backbone) -> str:
@@ -329,4 +406,5 @@ def serialized_size(state: dict[str, torch.Tensor]) -> int:
     return len(save(real)) if real else 0
 
 
-__all__ = ["ICMModel", "ICMOutput", "DecodedOutput", "build_model", "serialized_size", "STRIDE"]
+__all__ = ["ICMModel", "ICMOutput", "TaskHead", "DecodedOutput", "EncodedImage", "build_model",
+           "serialized_size", "HYPERPRIOR_STRIDE"]
