@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from icm_core import ConfigError
-from icm_core.checkpoint import load_checkpoint, resolve_checkpoint_dir
+from icm_core.checkpoint import load_checkpoint, load_config_file, resolve_checkpoint_dir
 from icm_core.cli import main
 from icm_core.models.icm import build_model
 from icm_core.tasks import TASKS
@@ -151,12 +151,19 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    # weights: Adam's first steps move each element by about lr * sign(g), so an element whose
+    # gradient is ~0 may step either way under another summation order; compare the updates
+    start = build_model(load_config_file(resolve_checkpoint_dir(one)))
     for task in ("semseg", "depth"):
+        w0 = start.task_state_dict(task)
         wa = load_file(str(resolve_checkpoint_dir(one) / f"task-{task}.safetensors"))
         wb = load_file(str(resolve_checkpoint_dir(two) / f"task-{task}.safetensors"))
         assert wa.keys() == wb.keys()
         for k in wa:
-            assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5, rtol=1e-4), k
+            if not wa[k].is_floating_point() or "running_" in k:
+                continue
+            ua, ub = wa[k].float() - w0[k].float(), wb[k].float() - w0[k].float()
+            assert (ua - ub).norm() <= 0.01 * ua.norm() + 1e-6, k
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path):

@@ -253,3 +253,15 @@ def weights_available(cfg: BackboneConfig) -> bool:
             return False
         return isinstance(try_to_load_from_cache(pc.hf_hub_id, "model.safetensors"), str)
     return Path(os.path.expanduser(w)).is_file()
+
+
+def weights_source(cfg: BackboneConfig) -> str:
+    """Where ``Backbone(cfg)`` would take its weights from, here and now: ``synthetic`` (the
+    shipped file pretrained on synthetic scenes), ``hub`` (a cached hub download), the local
+    checkpoint path, or ``random``."""
+    if not weights_available(cfg):
+        return "random"
+    if cfg.weights in ("synthetic", "hub"):
+        return cfg.weights
+    return "hub" if cfg.weights == "auto" else str(Path(os.path.expanduser(cfg.weights)))
+
