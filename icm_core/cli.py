@@ -199,6 +199,9 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+DEMO_STEPS, DEMO_LAMBDAS = 200, (0.25, 1.0, 4.0)  # = icm_core.demo's defaults (light import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icm",
@@ -237,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a 3-lambda quick model on synthetic scenes, write a report")
     demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--steps", type=int, default=300, help="training steps per lambda")
-    demo.add_argument("--lambdas", type=float, nargs="+", default=[0.02, 0.2, 2.0])
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps per lambda")
+    demo.add_argument("--lambdas", type=float, nargs="+", default=list(DEMO_LAMBDAS))
     demo.set_defaults(func=_cmd_demo)
 
     info = sub.add_parser("info", help="describe the resolved model as JSON (no weights, no network)")

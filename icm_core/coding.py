@@ -66,6 +66,9 @@ class EncodedImage(bytes):
         obj.bits_y, obj.bits_z = bits_y, bits_z
         return obj
 
+    def __reduce__(self):  # pickling (e.g. to worker processes) keeps the attributes
+        return (_encoded_image, (bytes(self), dict(self.__dict__)))
+
     @property
     def bpp(self) -> float:
         """Real bits per pixel of the input image (header included)."""
@@ -78,6 +81,10 @@ class EncodedImage(bytes):
     @property
     def bpp_estimated(self) -> float:
         return self.bits_estimated / (self.height * self.width)
+
+
+def _encoded_image(data: bytes, attrs: dict) -> EncodedImage:
+    return EncodedImage(data, **attrs)
 
 
 @dataclass

@@ -258,3 +258,16 @@ def test_backbone_attention_capture_on_request_only():
     with pytest.raises(ConfigError, match="blocks 0..3"):
         with m.backbone.capture_attention(9):
             pass
+
+
+def test_encoded_image_is_bytes_with_its_sections_and_pickles():
+    import pickle
+
+    m = build_model(tiny_config()).eval()
+    data = m.encode(torch.rand(3, 64, 80))
+    assert isinstance(data, bytes) and data.task == "semseg" and (data.height, data.width) == (64, 80)
+    assert data.sections.total == len(data) and data.bpp == pytest.approx(8 * len(data) / (64 * 80))
+    assert data.bits_estimated == pytest.approx(data.bits_y + data.bits_z)
+    back = pickle.loads(pickle.dumps(data))
+    assert back == data and back.sections == data.sections and back.bits_y == data.bits_y
+    assert torch.equal(m.decode(back).prediction, m.decode(bytes(data)).prediction)
