@@ -61,28 +61,27 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from icm_core.hydra_app import train_app
-
+def _run_hydra(app, prog: str, overrides) -> int:
+    """Run a Hydra app as if ``prog overrides...`` had been typed (Hydra reads sys.argv)."""
     saved = sys.argv
-    sys.argv = ["icm train", *args.overrides]
+    sys.argv = [prog, *overrides]
     try:
-        train_app()
+        app()
     finally:
         sys.argv = saved
     return 0
+
+
+def _cmd_train(args) -> int:
+    from icm_core.hydra_app import train_app
+
+    return _run_hydra(train_app, "icm train", args.overrides)
 
 
 def _cmd_pretrain(args) -> int:
     from icm_core.pretrain import pretrain_app
 
-    saved = sys.argv
-    sys.argv = ["icm pretrain", *args.overrides]
-    try:
-        pretrain_app()
-    finally:
-        sys.argv = saved
-    return 0
+    return _run_hydra(pretrain_app, "icm pretrain", args.overrides)
 
 
 def _cmd_eval(args) -> int:

@@ -37,6 +37,7 @@ with dataset ``seed`` renders scene seed ``(seed * 4 + split_id) * 2**31 + index
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +81,7 @@ def _rows(vec: np.ndarray, m: int) -> np.ndarray:
     return np.broadcast_to(vec, (m, 3))
 
 
-class Surface:
+class Surface(ABC):
     """A ray-traceable surface with a class, an instance id and a material.
 
     ``intersect`` takes ray origins ``o`` ((3,) or (M, 3)) and directions ``D`` (M, 3) and returns
@@ -95,11 +96,11 @@ class Surface:
         """Bounding sphere (centre, radius), or None where the surface may cover any pixel."""
         return None
 
-    def intersect(self, o, D) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    @abstractmethod
+    def intersect(self, o, D) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def frame(self, P: np.ndarray, face: np.ndarray) -> Frame:
-        raise NotImplementedError
+    @abstractmethod
+    def frame(self, P: np.ndarray, face: np.ndarray) -> Frame: ...
 
 
 @dataclass(eq=False)
