@@ -1,0 +1,169 @@
+"""Is the shipped synthetic-pretrained backbone really pretrained? Six rows, six tasks.
+
+Issue 11's evidence. Every row gets the same short budget (the quick preset: 200 steps at
+128 px, heads at ``train.head_lr``) on every task, uncompressed and with compression at one
+lambda, and is scored on held-out ``test`` scenes (seeds no training or pretraining uses);
+compressed rows are scored through real bitstreams (encode -> bytes -> decode):
+
+- Fixed (synthetic):  the shipped backbone, frozen (``backbone=tiny_synthetic adapter=fixed``)
+- Fixed (random):     a random backbone, frozen (``backbone=tiny_random adapter=fixed``)
+- Scratch:            random initialization, everything trains (``adapter=scratch``)
+- DoRA r8 qkv, LoRA r16 qv, Full FT: on the synthetic-pretrained backbone
+
+The synthetic rows must beat Fixed (random) and Scratch on every task, or the pretraining is
+not good enough. Trainings are cached under ``benchmarks/results/backbone_runs/`` (keyed by
+their overrides); ``--jobs 2`` trains two at a time, one thread each. Writes
+``benchmarks/results/backbones.json`` and ``.csv`` and prints a table per setting.
+
+    python benchmarks/bench_backbones.py --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = ("semseg", "depth", "normals", "boundary", "human_parts", "saliency")
+ROWS = {  # row name -> overrides on top of experiment=quick
+    "Fixed (synthetic)": ["backbone=tiny_synthetic", "adapter=fixed"],
+    "Fixed (random)": ["backbone=tiny_random", "adapter=fixed"],
+    "Scratch": ["backbone=tiny_random", "adapter=scratch"],
+    "DoRA r8 qkv": ["backbone=tiny_synthetic", "adapter=dora_r8_qkv"],
+    "LoRA r16 qv": ["backbone=tiny_synthetic", "adapter=lora_r16_qv"],
+    "Full FT": ["backbone=tiny_synthetic", "adapter=full"],
+}
+SYNTHETIC_ROWS = ("Fixed (synthetic)", "DoRA r8 qkv", "LoRA r16 qv", "Full FT")
+
+
+def _job(row: str, task: str, lmbda: float | None, common: list[str], root: str,
+         test_images: int, test_size: int, retrain: bool) -> dict:
+    """Train one (row, task, setting) with the quick preset, or load it from the cache, and score
+    it on the held-out test scenes. Runs in its own process with one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    from icm_core.checkpoint import has_checkpoint, load_checkpoint
+    from icm_core.cli import model_info
+    from icm_core.config import load_config
+    from icm_core.data.synthetic import SyntheticScenes
+    from icm_core.evaluate import evaluate
+    from icm_core.train import Trainer
+
+    comp = ["model.compression=false"] if lmbda is None else [f"lmbda={lmbda}"]
+    overrides = ["experiment=quick", f"task={task}", *ROWS[row], *comp, *common]
+    key = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:10]
+    run = Path(root) / key
+    t = time.perf_counter()
+    if has_checkpoint(run) and not retrain:
+        model, _ = load_checkpoint(run)
+        trained = None
+    else:
+        cfg = load_config([*overrides, "data.workers=0", "data.val_length=2", f"out_dir={run}"])
+        trainer = Trainer(cfg, device="cpu")
+        trainer.fit(progress=False)
+        (run / "overrides.json").write_text(json.dumps(overrides))
+        model, trained = trainer.model, time.perf_counter() - t
+    info = model_info(overrides)
+    test = SyntheticScenes("test", size=(test_size, test_size), tasks=[task], length=test_images)
+    r = evaluate(model, test, task, per_image=False)
+    return {"row": row, "task": task, "lmbda": lmbda, "metric": r.metric, "value": r.value,
+            "higher_is_better": r.higher_is_better, "bpp": r.bpp,
+            "trainable_percent": info["trainable_backbone_params"] / info["backbone_params"] * 100,
+            "trainable_backbone_params": info["trainable_backbone_params"],
+            "weights_source": info["weights_source"], "train_seconds": trained, "run": str(run)}
+
+
+def _better(a: float, b: float, hib: bool) -> bool:
+    return a > b if hib else a < b
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--rows", default=",".join(ROWS), help="comma list of row names")
+    p.add_argument("--lmbda", type=float, default=1.0, help="the compressed setting's lambda")
+    p.add_argument("--steps", type=int, default=None, help="default: the quick preset's")
+    p.add_argument("--images", type=int, default=32, help="held-out test scenes")
+    p.add_argument("--size", type=int, default=128, help="test size (the quick preset trains at 128)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at a time (one thread each)")
+    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    tasks = args.tasks.split(",")
+    rows = args.rows.split(",")
+    common = [f"train.max_steps={args.steps}"] if args.steps else []
+    root = str(args.out / "backbone_runs")
+    jobs = [(row, task, lm) for lm in (None, args.lmbda) for task in tasks for row in rows]
+    results: list[dict] = []
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_job, row, task, lm, common, root, args.images, args.size,
+                               args.retrain) for row, task, lm in jobs]
+        for f in as_completed(futures):
+            r = f.result()
+            results.append(r)
+            took = "cached" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"
+            bpp = "" if r["bpp"] is None else f" at {r['bpp']:.4f} bpp"
+            print(f"[{time.perf_counter() - t0:6.0f} s] {r['row']:<18} {r['task']:<12} "
+                  f"{'uncompressed' if r['lmbda'] is None else 'lambda ' + str(r['lmbda']):<13}"
+                  f"{r['metric']} {r['value']:.4f}{bpp} ({took})", flush=True)
+
+    # the verdict: every synthetic-pretrained row against Fixed (random) and Scratch
+    verdict = []
+    for lm in (None, args.lmbda):
+        setting = "uncompressed" if lm is None else f"lambda={lm:g}"
+        print(f"\n== {setting}: {len(tasks)} tasks, {args.images} held-out scenes at {args.size} px")
+        print(f"{'row':<18}{'trainable %':>12}" + "".join(f"{t:>13}" for t in tasks))
+        by = {(r["row"], r["task"]): r for r in results if r["lmbda"] == lm}
+        for row in rows:
+            cells = []
+            for t in tasks:
+                r = by.get((row, t))
+                cells.append(f"{r['value']:>13.4f}" if r else f"{'-':>13}")
+            pct = next((r["trainable_percent"] for r in results if r["row"] == row), float("nan"))
+            print(f"{row:<18}{pct:>12.2f}" + "".join(cells))
+        for row in [r for r in rows if r in SYNTHETIC_ROWS]:
+            for t in tasks:
+                mine = by.get((row, t))
+                for ref in ("Fixed (random)", "Scratch"):
+                    other = by.get((ref, t))
+                    if mine and other:
+                        verdict.append({"setting": setting, "row": row, "task": t, "against": ref,
+                                        "beats": _better(mine["value"], other["value"],
+                                                         mine["higher_is_better"])})
+    lost = [v for v in verdict if not v["beats"]]
+    print(f"\nsynthetic-pretrained rows beat Fixed (random) and Scratch in "
+          f"{len(verdict) - len(lost)} of {len(verdict)} comparisons")
+    for v in lost:
+        print(f"  LOSES: {v['row']} on {v['task']} ({v['setting']}) against {v['against']}")
+
+    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "rows": ROWS, "results": sorted(results, key=lambda r: (str(r["lmbda"]), r["task"],
+                                                                   r["row"])),
+           "verdict": verdict, "all_beat": not lost,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    from icm_core.io import write_text
+
+    write_text(args.out / "backbones.json", json.dumps(doc, indent=2))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(doc["results"][0]))
+    w.writeheader()
+    w.writerows(doc["results"])
+    write_text(args.out / "backbones.csv", buf.getvalue())
+    print(f"wrote {args.out}/backbones.json and .csv ({doc['seconds']:.0f} s)")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
