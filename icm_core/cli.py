@@ -30,7 +30,7 @@ def model_info(overrides) -> dict:
     """The resolved model described without building it in memory (meta device, no weights)."""
     from icm_core.config import load_config
     from icm_core.models.adapters import adapter_state_dict
-    from icm_core.models.backbone import weights_available, weights_source
+    from icm_core.models.backbone import weights_available, weights_notice, weights_source
     from icm_core.models.icm import build_model, serialized_size
 
     cfg = load_config(overrides)
@@ -41,6 +41,7 @@ def model_info(overrides) -> dict:
         "backbone": cfg.backbone.name,
         "pretrained": weights_available(cfg.backbone),
         "weights_source": weights_source(cfg.backbone),
+        "weights_notice": weights_notice(cfg.backbone),
         "adapter": {"mode": cfg.adapter.mode, "rank": cfg.adapter.rank, "targets": list(cfg.adapter.targets)},
         "backbone_params": report.backbone_params,
         "trainable_backbone_params": report.trainable_backbone_params,

@@ -19,7 +19,7 @@ import torch
 from icm_core.config import load_config
 from icm_core.evaluate import compressai_json, results_csv
 from icm_core.io import write_text
-from icm_core.models.backbone import RANDOM_WEIGHTS_WARNING
+from icm_core.models.backbone import weights_notice
 from icm_core.train import Trainer
 from icm_core.viz import prediction_panel, ra_figure
 
@@ -72,8 +72,9 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
     panel = prediction_panel(sample["image"], sample[task], decoded, bits, task)
     rows = "".join(f"<tr><td>{lm:g}</td><td>{r.bpp:.4f}</td><td>{r.bpp_estimated:.4f}</td>"
                    f"<td>{r.value:.2f}</td></tr>" for lm, r in zip(lambdas, results))
-    warning = "" if model.pretrained else (
-        f"<p style='color:#b00;font-weight:bold'>{html.escape(RANDOM_WEIGHTS_WARNING.format(name=model.cfg.backbone.name, why='offline demo'))}</p>")
+    notice = weights_notice(model.cfg.backbone)
+    colour = "color:#b00;font-weight:bold" if not model.pretrained else "color:#555"
+    warning = "" if notice is None else f"<p style='{colour}'>{html.escape(notice)}</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ICM demo</title></head>
 <body style="font-family:sans-serif;max-width:900px;margin:auto">
 <h1>ICM workbench demo: {html.escape(task)}</h1>{warning}

@@ -265,3 +265,14 @@ def weights_source(cfg: BackboneConfig) -> str:
         return cfg.weights
     return "hub" if cfg.weights == "auto" else str(Path(os.path.expanduser(cfg.weights)))
 
+
+
+def weights_notice(cfg: BackboneConfig) -> str | None:
+    """The one line every report shows about the backbone's weights: the loud warning for random
+    weights, the notice for the synthetic-pretrained file, nothing for real checkpoints."""
+    source = weights_source(cfg)
+    if source == "random":
+        return RANDOM_WEIGHTS_WARNING.format(name=cfg.name, why=f"backbone.weights={cfg.weights}")
+    if source == "synthetic":
+        return SYNTHETIC_NOTICE.format(name=cfg.name)
+    return None
