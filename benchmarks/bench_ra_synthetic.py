@@ -98,6 +98,9 @@ def main(argv=None) -> dict:
                    help="training size (default: the quick preset's data.size)")
     p.add_argument("--steps", type=int, default=None, help="default: the quick preset's")
     p.add_argument("--lambdas", default=None, help="comma list (default: the demo's lambdas)")
+    p.add_argument("--backbone", default="tiny_synthetic",
+                   help="backbone preset of every training (part of the cache key): tiny_synthetic "
+                        "(the shipped synthetic-pretrained weights) or tiny_random")
     p.add_argument("--codecs", default="jpeg,webp,avif,hevc")
     p.add_argument("--scales", default="1,0.5,0.25")
     p.add_argument("--ladder", choices=("small", "full"), default="small",
@@ -116,7 +119,9 @@ def main(argv=None) -> dict:
     tasks = args.tasks.split(",")
     lambdas = [float(v) for v in args.lambdas.split(",")] if args.lambdas else list(DEFAULT_LAMBDAS)
     scales = [float(s) for s in args.scales.split(",")]
-    common = [f"train.max_steps={args.steps}"] if args.steps else []
+    common = [f"backbone={args.backbone}"]
+    if args.steps:
+        common.append(f"train.max_steps={args.steps}")
     if args.train_size:
         common.append(f"data.size=[{args.train_size},{args.train_size}]")
     wanted = args.codecs.split(",")
