@@ -194,8 +194,25 @@ def _cmd_decode(args) -> int:
 def _cmd_demo(args) -> int:
     from icm_core.demo import run_demo
 
-    report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas)
+    report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas,
+                      extra_overrides=args.overrides)
     print(f"report: {report}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from icm_core.compare import compare
+    from icm_core.errors import ConfigError
+
+    try:
+        scales = [float(s) for s in args.scales.split(",") if s.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--scales {args.scales!r}: give numbers in (0, 1], e.g. 1,0.5,0.25") from e
+    codecs = None if args.codecs is None else args.codecs.split(",")
+    result = compare(args.runs, args.baseline or (), codecs=codecs, scales=scales,
+                     ladder=args.ladder, preprocessor=args.preprocessor, images=args.images,
+                     size=args.size, out=args.out)
+    print(f"wrote {result.out}: <method>-<task>.json, bd_rate.csv, ra-<task>.html, complexity.csv")
     return 0
 
 
@@ -242,7 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps per lambda")
     demo.add_argument("--lambdas", type=float, nargs="+", default=list(DEMO_LAMBDAS))
+    demo.add_argument("overrides", nargs="*",
+                      help="config overrides on top of the quick preset, e.g. backbone=tiny_random")
     demo.set_defaults(func=_cmd_demo)
+
+    cmp = sub.add_parser("compare", help="the learned codec against classical codecs (+ baseline, "
+                         "+ pre-processor) on the same held-out scenes: JSON, BD-rates, plots")
+    cmp.add_argument("runs", nargs="+", help="learned-codec run folders (one per lambda), or "
+                     "folders of them (e.g. icm demo's output)")
+    cmp.add_argument("--baseline", nargs="+", default=None, help="uncompressed run folders "
+                     "(model.compression=false), one per task: decoded images are fed to them")
+    cmp.add_argument("--codecs", default=None, help="comma list (default: jpeg,webp,avif,hevc "
+                     "where available; vvc needs vvencapp/vvdecapp)")
+    cmp.add_argument("--scales", default="1,0.5,0.25", help="resolution ladder (comma list)")
+    cmp.add_argument("--ladder", choices=("small", "full"), default="small",
+                     help="small: 4 qualities per codec; full: every quality of its ladder")
+    cmp.add_argument("--preprocessor", default="none", help="none, train (one per task against "
+                     "its frozen baseline, saved in --out) or a saved pre-processor file/folder")
+    cmp.add_argument("--images", type=int, default=16, help="held-out synthetic test scenes")
+    cmp.add_argument("--size", type=int, default=256, help="side of the square test scenes (px)")
+    cmp.add_argument("--out", default="compare_out", help="output folder")
+    cmp.set_defaults(func=_cmd_compare)
 
     info = sub.add_parser("info", help="describe the resolved model as JSON (no weights, no network)")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper adapter.rank=16")

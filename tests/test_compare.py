@@ -1,0 +1,241 @@
+"""``icm compare`` end to end on tiny runs: files, layouts, real rates, BD-rates, complexity."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from icm_core.cli import main
+from icm_core.codecs import available_codecs
+from icm_core.compare import (
+    ENVELOPE,
+    SMALL_LADDERS,
+    Curve,
+    bd_rows_of,
+    compare,
+    envelope,
+    load_results,
+    model_flops,
+)
+from icm_core.data.synthetic import SyntheticScenes
+from icm_core.errors import ConfigError
+from icm_core.preprocessor import PreprocessorConfig, load_preprocessor
+from icm_core.train import Trainer
+from tests.helpers import tiny_config
+
+N, SIZE = 4, 64
+CODECS, SCALES = ["jpeg", "webp"], [1.0, 0.5]
+CLASSICAL = ["jpeg", "jpeg@0.5", "webp", "webp@0.5"]
+PP = PreprocessorConfig(steps=2, batch_size=2, size=64, width=8, blocks=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models at 64 px gain nothing from a second thread; on a shared, loaded machine the
+    two threads' synchronisation cost this file 10x its one-thread time."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _train(out, *overrides):
+    Trainer(tiny_config("train.max_steps=3", "data.val_length=1", f"out_dir={out}", *overrides),
+            device="cpu").fit(progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    for lm in (0.1, 4):  # a folder of runs, as icm demo writes
+        _train(root / "learned" / f"lmbda-{lm:g}", "task=depth", f"lmbda={lm}")
+    _train(root / "semseg", "task=semseg")  # a task without baseline
+    _train(root / "base", "task=depth", "model.compression=false")
+    logs = []
+    result = compare([root / "learned", root / "semseg"], [root / "base"], codecs=CODECS,
+                     scales=SCALES, images=N, size=SIZE, out=root / "out", preprocessor="train",
+                     preprocessor_config=PP, log=logs.append)
+    return root, result, logs
+
+
+def test_files_and_compressai_layout(setup):
+    root, result, logs = setup
+    out = root / "out"
+    preproc = [f"preproc+{m}" for m in CLASSICAL]
+    for name in ["learned", *CLASSICAL, *preproc, ENVELOPE]:
+        doc = json.loads((out / f"{name}-depth.json").read_text())
+        assert doc["name"] == name and doc["task"] == "depth" and doc["metric"] == "RMSE"
+        assert doc["higher_is_better"] is False and set(doc["results"]) == {"bpp", "RMSE"}
+        bpp = doc["results"]["bpp"]
+        assert len(bpp) == len(doc["results"]["RMSE"]) and bpp == sorted(bpp)
+        assert doc["uncompressed"] > 0
+        back = load_results(out / f"{name}-depth.json")
+        assert (back.name, back.task, back.metric, back.higher_is_better) == (name, "depth", "RMSE",
+                                                                             False)
+        assert back.bpp == bpp and back.values == doc["results"]["RMSE"]
+    assert len(json.loads((out / "learned-depth.json").read_text())["results"]["bpp"]) == 2
+    for name in CLASSICAL:
+        pts = json.loads((out / f"{name}-depth.json").read_text())["points"]
+        assert sorted(p["quality"] for p in pts) == sorted(SMALL_LADDERS[name.split("@")[0]])
+    assert (out / "ra-depth.html").stat().st_size > 1000 and (out / "preproc-depth.safetensors").is_file()
+    # semseg has a learned curve but no baseline: its pipelines are skipped, and said so
+    assert (out / "learned-semseg.json").is_file() and not (out / "jpeg-semseg.json").exists()
+    assert any("semseg" in s and "--baseline" in s for s in result.skipped)
+    assert any(s in logs for s in result.skipped)
+
+
+def test_classical_rate_is_file_bits_over_original_pixels(setup):
+    root, _, _ = setup
+    doc = json.loads((root / "out" / "jpeg@0.5-depth.json").read_text())
+    i = [p["quality"] for p in doc["points"]].index(1)
+    ds = SyntheticScenes("test", size=(SIZE, SIZE), tasks=["depth"], length=N)
+    bits = 0
+    for k in range(N):
+        rgb = (ds[k]["image"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        small = Image.fromarray(rgb).resize((SIZE // 2, SIZE // 2), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=1, optimize=True, subsampling="4:2:0")
+        bits += 8 * len(buf.getvalue())
+    assert doc["results"]["bpp"][i] == pytest.approx(bits / (N * SIZE * SIZE), rel=1e-12)
+
+
+def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
+    root, result, _ = setup
+    rows = list(csv.DictReader((root / "out" / "bd_rate.csv").read_text().splitlines()))
+    assert list(rows[0]) == ["task", "method", "anchor", "bd_rate_percent", "metric_lo",
+                             "metric_hi", "reason"]
+    methods = {c.name for c in result.curves["depth"]}
+    anchors = {*CLASSICAL, ENVELOPE}
+    pairs = {(r["method"], r["anchor"]) for r in rows}
+    assert pairs == {(m, a) for m in methods for a in anchors if m != a}
+    assert len(rows) == len(pairs) and {r["task"] for r in rows} == {"depth"}
+    for r in rows:  # a number with its accuracy range, or no number and the reason
+        if r["bd_rate_percent"]:
+            assert not r["reason"] and float(r["metric_lo"]) <= float(r["metric_hi"])
+        else:
+            assert r["reason"] and not r["metric_lo"]
+    # the envelope: classical points that no cheaper-or-equal classical point beats
+    pts = [(b, v) for n in CLASSICAL for b, v in zip(result.curve("depth", n).bpp,
+                                                      result.curve("depth", n).values)]
+    env = result.curve("depth", ENVELOPE)
+    for b, v in zip(env.bpp, env.values):
+        assert (b, v) in pts
+        assert not any(b2 <= b and v2 < v for b2, v2 in pts)  # RMSE: lower is better
+    front = [p for p in pts if not any(q[0] <= p[0] and q[1] < p[1] for q in pts)]
+    assert min(env.bpp) == min(b for b, _ in front)
+
+
+def test_bd_rows_on_constructed_curves():
+    bpp, rmse = [0.1, 0.2, 0.4, 0.8], [0.9, 0.7, 0.6, 0.55]
+    a = Curve("jpeg", "depth", "RMSE", False, bpp, rmse, "classical")
+    b = Curve("webp", "depth", "RMSE", False, [2 * x for x in bpp], rmse, "classical")
+    learned = Curve("learned", "depth", "RMSE", False, [x / 2 for x in bpp], rmse, "learned")
+    env = envelope([a, b, learned])
+    assert env.bpp == bpp and env.values == rmse  # webp costs double everywhere: jpeg is best
+    rows = {(r["method"], r["anchor"]): r for r in bd_rows_of([a, b, learned, env])}
+    assert rows[("learned", ENVELOPE)]["bd_rate_percent"] == pytest.approx(-50.0, abs=1e-6)
+    assert rows[("learned", "webp")]["bd_rate_percent"] == pytest.approx(-75.0, abs=1e-6)
+    assert rows[("webp", "jpeg")]["bd_rate_percent"] == pytest.approx(100.0, abs=1e-6)
+    assert (rows[("learned", "jpeg")]["metric_lo"], rows[("learned", "jpeg")]["metric_hi"]) == \
+        (0.55, 0.9)
+    assert ("learned", "learned") not in rows and ("jpeg", "learned") not in rows
+    assert envelope([learned]) is None
+
+
+def test_complexity_table_is_measured(setup):
+    root, result, _ = setup
+    rows = {(r["task"], r["method"]): r
+            for r in csv.DictReader((root / "out" / "complexity.csv").read_text().splitlines())}
+    assert json.loads((root / "out" / "complexity.json").read_text())[0]["method"] == "learned"
+    learned = rows[("depth", "learned")]
+    assert int(learned["timed_images"]) == N
+    assert int(learned["encoder_flops"]) > 0 and int(learned["decoder_flops"]) > 0
+    assert int(learned["parameters"]) > int(learned["trainable_parameters"]) > 0
+    for name in CLASSICAL:
+        r = rows[("depth", name)]
+        assert r["encoder_flops"] == "" and "not applicable" in r["note"]
+        assert int(r["timed_images"]) == N * len(SMALL_LADDERS[name.split("@")[0]])
+        assert int(r["decoder_flops"]) > 0
+    for r in rows.values():
+        assert float(r["encode_ms"]) > 0 and float(r["decode_ms"]) > 0
+    # pre-processor rows add its parameters (residual CNN: head, 1 block of 2 convs, tail)
+    w = PP.width
+    pp_params = (3 * w * 9 + w) + 2 * (w * w * 9 + w) + (w * 3 * 9 + 3)
+    pre = rows[("depth", "preproc+jpeg")]
+    assert int(pre["parameters"]) == int(rows[("depth", "jpeg")]["parameters"]) + pp_params
+    assert int(pre["encoder_flops"]) > 0
+    assert ("semseg", "learned") in rows and ("semseg", "jpeg") not in rows
+
+
+def test_model_flops_split_adds_up(setup):
+    root, _, _ = setup
+    from icm_core.checkpoint import load_checkpoint
+
+    base, _ = load_checkpoint(root / "base")
+    f = model_flops(base, "depth", SIZE)
+    with FlopCounterMode(display=False) as counter:
+        base.predict(torch.rand(1, 3, SIZE, SIZE), task="depth")
+    assert f["encoder"] > 0 and f["decoder"] > 0
+    assert f["encoder"] + f["decoder"] == counter.get_total_flops()
+
+
+def test_cli_compare_with_a_saved_preprocessor(setup, tmp_path, capsys):
+    root, _, _ = setup
+    path = root / "out" / "preproc-depth.safetensors"
+    assert load_preprocessor(path).cfg == PP
+    rc = main(["compare", str(root / "learned" / "lmbda-4"), "--baseline", str(root / "base"),
+               "--codecs", "jpeg", "--scales", "1", "--images", "2", "--size", "64",
+               "--preprocessor", str(path), "--out", str(tmp_path)])
+    assert rc == 0 and "bd_rate.csv" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "preproc+jpeg-depth.json").read_text())
+    assert doc["kind"] == "preproc" and len(doc["results"]["bpp"]) == len(SMALL_LADDERS["jpeg"])
+
+
+def test_errors_name_the_problem(setup, tmp_path, capsys):
+    root, _, _ = setup
+    learned, base = str(root / "learned"), str(root / "base")
+    with pytest.raises(ConfigError, match="codec 'foo' is unknown.*jpeg"):
+        compare([learned], [base], codecs=["foo"], out=tmp_path)
+    with pytest.raises(ConfigError, match="scale=2.0"):
+        compare([learned], [base], codecs=["jpeg"], scales=[2], out=tmp_path)
+    if "vvc" not in available_codecs():  # asked for by name: an error that says what to install
+        with pytest.raises(ConfigError, match="--codecs vvc: .*vvencapp.*available here"):
+            compare([learned], [base], codecs=["vvc"], out=tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        compare([str(tmp_path / "nope")], [base], out=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        compare([str(tmp_path / "empty")], [base], out=tmp_path)
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        compare([learned], [], codecs=["jpeg"], out=tmp_path)
+    with pytest.raises(ConfigError, match="give it as --baseline"):
+        compare([base], [base], codecs=["jpeg"], out=tmp_path)
+    assert main(["compare", learned, "--baseline", base, "--codecs", "jpeg,bogus",
+                 "--out", str(tmp_path)]) == 2
+    assert "ConfigError: codec 'bogus' is unknown" in capsys.readouterr().err
+
+
+def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
+    from icm_core.evaluate import EvalResult, compressai_json
+
+    rs = [EvalResult("depth", "RMSE", v, b, b, 8, False) for v, b in ((0.6, 0.2), (0.7, 0.1))]
+    (tmp_path / "eval.json").write_text(json.dumps(compressai_json("run", "an icm eval file", rs)))
+    c = load_results(tmp_path / "eval.json")
+    assert (c.name, c.task, c.metric, c.higher_is_better) == ("run", "depth", "RMSE", False)
+    assert c.bpp == [0.1, 0.2] and c.values == [0.7, 0.6] and c.uncompressed is None
+    (tmp_path / "two.json").write_text(json.dumps(
+        {"name": "x", "results": {"bpp": [0.1], "psnr-rgb": [30.0], "ms-ssim": [0.9]}}))
+    assert load_results(tmp_path / "two.json", metric="ms-ssim").values == [0.9]
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_results(tmp_path / "two.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="bad.json.*not JSON"):
+        load_results(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_results(tmp_path / "missing.json")
