@@ -1,0 +1,214 @@
+"""Rate-accuracy panel: one plot per task for the selected runs and any results file, and the
+BD-rate of every curve against an anchor the user picks.
+
+Points come from ``icm_core.curves.run_points`` (real bytes, cached in each run folder) and
+``icm_core.compare.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``); curves
+and the BD-rate table from ``icm_core.ra_table``. With a queue, finished runs that are on
+the plot are re-read when they finish.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+
+import ipywidgets as w
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from icm_core.errors import ICMError
+from icm_core.ra_table import Curve, bd_table, curve_from_results, curves_from_points
+
+_HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
+               "steps", "size")
+
+
+def _hover(curve: Curve, i: int) -> str:
+    lines = [f"<b>{html.escape(curve.label, quote=False)}</b>"]
+    if curve.texts and curve.texts[i]:
+        lines.append(html.escape(curve.texts[i], quote=False))
+    if curve.runs:
+        lines.append(html.escape(str(curve.runs[i]), quote=False))
+    lines += [f"{k}: {html.escape(str(curve.settings[k]), quote=False)}" for k in _HOVER_KEYS
+              if k in curve.settings]
+    if curve.source != "runs":
+        lines.append(html.escape(curve.source, quote=False))
+    return "<br>".join(lines)
+
+
+def _bd_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f} %"
+
+
+class RAPanel:
+    """``set_runs(paths)``, ``add_results(path)``, ``refresh()``; ``figures`` (task ->
+    FigureWidget), ``curves`` and ``bd_rows`` hold what is shown."""
+
+    def __init__(self, workspace: str | Path, queue=None, max_images: int | None = None):
+        self.workspace = Path(workspace)
+        self.max_images = max_images
+        self.runs: list[Path] = []
+        self.results: list[Path] = []
+        self.curves: list[Curve] = []
+        self.bd_rows: list[dict] = []
+        self.errors: list[str] = []
+        self.figures: dict[str, go.FigureWidget] = {}
+        self._lock = threading.Lock()  # refreshes come from the UI and from the queue's thread
+        self.path_box = w.Text(placeholder="results JSON (icm compare / icm eval)",
+                               description="results", layout=w.Layout(width="60%"))
+        self.found = w.Dropdown(options=[], description="found", layout=w.Layout(width="60%"))
+        self.add_button = w.Button(description="Add", icon="plus")
+        self.refresh_button = w.Button(description="Refresh", icon="refresh")
+        self.anchor = w.Dropdown(options=[], description="anchor",
+                                 tooltip="BD-rate of every curve against this one")
+        self.plots = w.VBox()
+        self.table = w.HTML()
+        self.message = w.HTML()
+        self.add_button.on_click(lambda _: self._add_clicked())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.found.observe(lambda ch: self.path_box.set_trait("value", ch["new"] or ""), "value")
+        self.anchor.observe(lambda _: self._update_table(), "value")
+        self.widget = w.VBox([w.HBox([self.path_box, self.add_button, self.refresh_button]),
+                              self.found, self.plots, self.anchor, self.table, self.message])
+        if queue is not None:
+            queue.subscribe(self._on_queue)
+        self._scan_results()
+
+    # -- inputs -----------------------------------------------------------------------------
+    def set_runs(self, paths) -> None:
+        self.runs = [Path(p) for p in paths]
+        self.refresh()
+
+    def add_results(self, path: str | Path) -> None:
+        from icm_core.compare import load_results
+
+        path = Path(path).expanduser()
+        load_results(path)  # refuse a bad file here, with its reason, before keeping it
+        if path not in self.results:
+            self.results.append(path)
+        self.refresh()
+
+    def _add_clicked(self) -> None:
+        try:
+            self.add_results(self.path_box.value.strip())
+        except (ICMError, OSError) as e:
+            self._say(str(e), error=True)
+
+    def _scan_results(self) -> None:
+        """Offer the results files found in the workspace (a file picker that needs no upload)."""
+        found = sorted(str(p) for p in self.workspace.rglob("*.json") if p.name.startswith(
+            "results") or (p.parent / "bd_rate.csv").is_file()) if self.workspace.is_dir() else []
+        self.found.options = [""] + found
+
+    def _on_queue(self, job, event) -> None:
+        """A plotted run finished training (the queue's StatusEvent): re-read its points."""
+        run_dir = getattr(job, "run_dir", None)
+        if getattr(event, "status", None) == "done" and run_dir is not None \
+                and Path(run_dir) in self.runs:
+            self.refresh()
+
+    # -- computing and drawing --------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read every run's RA points (cached) and every results file, redraw, re-table."""
+        with self._lock:  # the later of two refreshes reads the later files and draws last
+            self._refresh()
+
+    def _refresh(self) -> None:
+        from icm_core.compare import load_results
+        from icm_core.curves import run_points
+
+        points, self.errors = [], []
+        for run in self.runs:
+            try:
+                points += run_points(run, max_images=self.max_images)
+            except (ICMError, OSError) as e:
+                self.errors.append(f"{run}: {e}")
+        curves = curves_from_points(points)
+        for path in self.results:
+            try:
+                curves.append(curve_from_results(load_results(path), str(path)))
+            except (ICMError, OSError) as e:
+                self.errors.append(f"{path}: {e}")
+        self.curves = curves
+        self._draw()
+        labels = list(dict.fromkeys(c.label for c in curves))
+        keep = self.anchor.value if self.anchor.value in labels else (labels[0] if labels else None)
+        self.anchor.options = labels
+        self.anchor.value = keep
+        self._update_table()
+        self._scan_results()
+        self._say("; ".join(self.errors), error=True) if self.errors else self._say(
+            f"{len(self.runs)} run(s), {len(self.results)} results file(s).")
+
+    def _draw(self) -> None:
+        tasks = list(dict.fromkeys(c.task for c in self.curves))
+        labels = list(dict.fromkeys(c.label for c in self.curves))
+        colours = {lab: qualitative.Plotly[i % len(qualitative.Plotly)]
+                   for i, lab in enumerate(labels)}
+        for task in tasks:
+            fig = self.figures.get(task)
+            if fig is None:
+                fig = self.figures[task] = go.FigureWidget()
+            mine = [c for c in self.curves if c.task == task]
+            metric = mine[0].metric
+            better = "higher is better" if mine[0].higher_is_better else "lower is better"
+            with fig.batch_update():
+                fig.data = []
+                fig.layout.shapes, fig.layout.annotations = (), ()
+                for c in mine:
+                    idx = [i for i, b in enumerate(c.bpp) if b is not None]
+                    if idx:
+                        dashed = c.source != "runs"
+                        fig.add_scatter(
+                            x=[c.bpp[i] for i in idx], y=[c.values[i] for i in idx],
+                            mode="lines+markers" + ("" if dashed else "+text"), name=c.label,
+                            text=[c.texts[i] if c.texts else "" for i in idx],
+                            textposition="top center",
+                            line=dict(color=colours[c.label], dash="dash" if dashed else None),
+                            hovertext=[_hover(c, i) for i in idx], hoverinfo="text+x+y")
+                    flat = [c.values[i] for i, b in enumerate(c.bpp) if b is None]
+                    if c.uncompressed is not None:
+                        flat.append(c.uncompressed)
+                    for v in flat:  # no rate: an uncompressed reference, drawn as a level
+                        fig.add_hline(y=v, line_dash="dot", line_color=colours[c.label],
+                                      annotation_text=f"{c.label} (uncompressed)")
+                fig.update_layout(title=f"{task}: {metric} ({better})", template="plotly_white",
+                                  xaxis_title="bpp (real bytes)", yaxis_title=metric, height=380,
+                                  margin=dict(l=60, r=20, t=50, b=50))
+        for task in [t for t in self.figures if t not in tasks]:
+            del self.figures[task]
+        self.plots.children = [self.figures[t] for t in tasks]
+
+    def _update_table(self) -> None:
+        anchor = self.anchor.value
+        self.bd_rows = bd_table(self.curves, anchor) if anchor else []
+        if not self.bd_rows:
+            self.table.value = "<p>BD-rate: pick an anchor with at least one other curve.</p>"
+            return
+        head = "".join(f"<th style='padding:2px 8px'>{h}</th>"
+                       for h in ("task", "curve", f"BD-rate vs {html.escape(anchor)}", "note"))
+        body = "".join(
+            f"<tr><td style='padding:2px 8px'>{html.escape(r['task'])}</td>"
+            f"<td style='padding:2px 8px'>{html.escape(r['curve'])}</td>"
+            f"<td style='padding:2px 8px'>{_bd_text(r['bd_rate'])}</td>"
+            f"<td style='padding:2px 8px'>{html.escape(r['note'])}</td></tr>"
+            for r in self.bd_rows)
+        self.table.value = (f"<table style='border-collapse:collapse;font-size:12px'>"
+                            f"<tr>{head}</tr>{body}</table><small>negative: fewer bits than "
+                            "the anchor for the same accuracy (Pareto fronts, PCHIP)</small>")
+
+    def _say(self, text: str, error: bool = False) -> None:
+        colour = "#d62728" if error else "#333"
+        self.message.value = f"<span style='color:{colour}'>{html.escape(text, quote=False)}</span>"
+
+    def show(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _ipython_display_(self):
+        self.show()
+
+
+__all__ = ["RAPanel"]
