@@ -1,0 +1,338 @@
+"""Inspector panel: look inside a trained model, one image and one task at a time.
+
+Views: Predictions, Bits, Latents, Attention, DoRA. Thin: everything shown is computed by
+``icm_core.inspect*`` (cached per weights and image), this file only wires controls to figures::
+
+    panel = InspectorPanel()
+    panel.open("runs/depth")          # a run folder, a ckpt-* folder or a live ICMModel
+    panel                             # display it in a notebook
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from icm_core import inspect as ins
+from icm_core import inspect_attention as att
+from icm_core import inspect_dora as dora
+from icm_core.errors import ICMError
+from icm_core.inspect_errors import error_map, error_unit
+from widgets import inspector_figures as figs
+
+VIEWS = ("Predictions", "Bits", "Latents", "Attention", "DoRA")
+PLANES = ["y_hat", "coded mean", "coded scale", "residual", "bits", "hyper mean", "hyper scale",
+          "spatial mean", "spatial scale", "step 1"]
+
+
+class InspectorPanel:
+    """Args:
+    workspace: the workbench's workspace (kept for the Runs panel; not needed to inspect).
+    """
+
+    def __init__(self, workspace=None):
+        self.workspace = workspace
+        self.model = None
+        self.run_dir: Path | None = None
+        self.sweep: list[tuple[float, Path]] = []
+        self.insp: ins.Inspection | None = None
+        self.query: att.QueryWeights | None = None
+        self._source = 0
+        self.status = W.HTML("open a run folder or a model")
+        self.source = W.Text(value="0", description="image",
+                             placeholder="validation scene index or an image path")
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload photo")
+        self.task = W.Dropdown(description="task", options=[])
+        self.source.observe(lambda _: self._on_source(), names="value")
+        self.upload.observe(lambda _: self._on_upload(), names="value")
+        self.task.observe(lambda _: self.refresh(), names="value")
+        self._build_views()
+        self.tabs = W.Tab(children=[self.pred_box, self.bits_box, self.lat_box, self.att_box,
+                                    self.dora_box], titles=VIEWS)
+        self._stale: set[str] = set()
+        self.tabs.observe(lambda _: self._render(), names="selected_index")
+        self.ui = W.VBox([W.HBox([self.source, self.upload, self.task]), self.status, self.tabs])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.ui)
+
+    # -- controls ------------------------------------------------------------------------
+    def _build_views(self) -> None:
+        self.pred_box = W.VBox()
+        self.opacity = W.FloatSlider(0.6, min=0, max=1, step=0.05, description="opacity")
+        self.bits_which = W.ToggleButtons(options=[("all", "total"), ("step 1", "step1"),
+                                                   ("step 2", "step2")], description="map")
+        self.lmbda = W.SelectionSlider(options=[("-", -1)], description="lambda", disabled=True)
+        self.bits_text = W.HTML()
+        self.opacity.observe(lambda _: self._set_opacity(), names="value")
+        self.bits_which.observe(lambda _: self._show_bits(self._bits_insp), names="value")
+        self.lmbda.observe(lambda _: self._on_lambda(), names="value")
+        self.bits_box = W.VBox()
+        self.channel = W.Dropdown(description="channel")
+        self.channel.observe(lambda _: self._show_channel(), names="value")
+        self.lat_box = W.VBox()
+        self.att_source = W.ToggleButtons(options=["decoder", "backbone"], description="attention")
+        self.stage = W.Dropdown(description="stage")
+        self.head = W.Dropdown(description="head")
+        self.fused = W.ToggleButtons(options=[("after fusion", True), ("before fusion", False)])
+        self.block = W.Dropdown(description="block")
+        self.use_rollout = W.Checkbox(False, description="rollout")
+        self.att_text = W.HTML()
+        for w in (self.att_source, self.stage, self.head, self.fused, self.block, self.use_rollout):
+            w.observe(lambda _: self._on_attention_control(), names="value")
+        self.att_box = W.VBox()
+        self.layer = W.Dropdown(description="layer")
+        self.task_b = W.Dropdown(description="vs task")
+        self.dora_text = W.HTML()
+        self.layer.observe(lambda _: self._show_dora(), names="value")
+        self.task_b.observe(lambda _: self._show_dora(), names="value")
+        self.dora_box = W.VBox()
+        self._bits_insp = None
+
+    # -- opening -------------------------------------------------------------------------
+    def open(self, run_or_model) -> InspectorPanel:
+        """A run folder (its newest checkpoint), a ckpt-* folder or a live ``ICMModel``."""
+        if isinstance(run_or_model, str | Path):
+            self.run_dir = Path(run_or_model)
+            self.model = ins.load_run(self.run_dir)
+            self.sweep = ins.sweep_runs(self.run_dir)
+        else:
+            self.model, self.run_dir, self.sweep = run_or_model, None, []
+        m = self.model
+        self._refreshing = True
+        self.task.options = list(m.tasks)
+        self.task.value = m.tasks[0]
+        self.task_b.options = ["-", *m.tasks]
+        self.task_b.value = "-"
+        layers = dora.adapted_layers(m) if m.cfg.adapter.mode in ("dora", "lora") else []
+        self.layer.options = layers
+        self.layer.value = layers[0] if layers else None
+        self.block.options = list(range(len(m.backbone.vit.blocks)))
+        self.block.value = self.block.options[-1]
+        lam = [(f"{lm:g}", i) for i, (lm, _) in enumerate(self.sweep)] or [("-", -1)]
+        here = [i for i, (_, d) in enumerate(self.sweep)
+                if self.run_dir is not None and d.resolve() == self.run_dir.resolve()]
+        self.lmbda.options = lam
+        self.lmbda.value = here[0] if here else lam[0][1]
+        self.lmbda.disabled = len(self.sweep) < 2
+        self._refreshing = False
+        self.refresh()
+        return self
+
+    def set_image(self, source) -> None:
+        """A validation scene index, a path, a PIL image or a tensor (as ``resolve_image``)."""
+        self._source = source
+        self.refresh()
+
+    def _on_source(self) -> None:
+        v = self.source.value.strip()
+        self.set_image(int(v) if v.isdigit() else v)
+
+    def _on_upload(self) -> None:
+        if self.upload.value:
+            self.set_image(bytes(self.upload.value[0]["content"]))
+
+    # -- refresh -------------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.model is None or getattr(self, "_refreshing", False) or not self.task.value:
+            return
+        try:
+            self.insp = ins.inspect_image(self.model, self._source, self.task.value)
+        except ICMError as e:
+            self.status.value = f"<b style='color:#b00'>{type(e).__name__}</b>: {e}"
+            return
+        i = self.insp
+        what = str(self.run_dir) if self.run_dir else "live model"
+        self.status.value = (f"{what} &middot; {i.source.name} &middot; {i.task} &middot; "
+                             f"{i.bits.total_bytes} bytes, {i.bits.bpp:.4f} bpp")
+        self._stale = set(VIEWS)
+        self._render()
+
+    def show(self, view: str) -> None:
+        """Select a view's tab (it is drawn when first shown after a change)."""
+        self.tabs.selected_index = VIEWS.index(view)
+        self._render()
+
+    def _render(self) -> None:
+        view = VIEWS[self.tabs.selected_index or 0]
+        if self.insp is None or view not in self._stale:
+            return
+        self._stale.discard(view)
+        {"Predictions": self._show_predictions, "Bits": lambda: self._show_bits(self.insp),
+         "Latents": self._show_latents, "Attention": self._setup_attention,
+         "DoRA": self._show_dora}[view]()
+
+    # -- views ---------------------------------------------------------------------------
+    def _show_predictions(self) -> None:
+        i = self.insp
+        err = None if i.target is None else error_map(i.task, i.prediction, i.target)
+        self.error = err
+        name = f"error: {error_unit(i.task)}" if err is not None else "error (no label)"
+        fig = figs.predictions_figure(i.task, i.image, i.target, i.preliminary, i.prediction, err,
+                                      name)
+        self.pred_fig = go.FigureWidget(fig)
+        mean = "" if err is None else f"mean {error_unit(i.task)}: {np.nanmean(err):.4g}"
+        self.pred_box.children = [self.pred_fig, W.HTML(mean)]
+
+    def _show_bits(self, i) -> None:
+        if i is None:
+            return
+        self._bits_insp = i
+        b = i.bits
+        self.sections_fig = go.FigureWidget(figs.sections_figure(b.sections(), b.estimate_bytes()))
+        m = {"total": b.bits_map, "step1": b.step1_map, "step2": b.step2_map}[self.bits_which.value]
+        h, w = b.valid_hw
+        self.bits_fig = go.FigureWidget(figs.overlay_figure(
+            i.image, m[:h, :w].numpy(), b.latent_stride, "bits per latent position",
+            self.opacity.value, zmax=float(b.bits_map[:h, :w].max())))
+        self.channels_fig = go.FigureWidget(figs.channel_bars(b.bits_per_channel.numpy(),
+                                                              i.channel_order()))
+        self.bits_text.value = (
+            f"stream {b.total_bytes} bytes = header {b.header_bytes} + z {b.z_bytes} + step 1 "
+            f"{b.step1_bytes} + step 2 {b.step2_bytes}; {b.bpp:.4f} bpp real, "
+            f"{b.bpp_estimated:.4f} bpp estimated ({b.estimated_bits:.1f} bits)")
+        self.bits_box.children = [
+            W.HBox([self.lmbda, self.bits_which, self.opacity]), self.bits_text,
+            W.HBox([self.sections_fig, self.bits_fig]), self.channels_fig]
+
+    def _set_opacity(self) -> None:
+        if hasattr(self, "bits_fig"):
+            self.bits_fig.data[1].opacity = self.opacity.value
+
+    def _on_lambda(self) -> None:
+        """Show the allocation of the same image by the sweep's run at the chosen lambda."""
+        if getattr(self, "_refreshing", False) or self.lmbda.value < 0 or self.insp is None:
+            return
+        _, run = self.sweep[self.lmbda.value]
+        try:
+            other = ins.inspect_image(ins.load_run(run), self.insp.source, self.insp.task)
+        except ICMError as e:
+            self.bits_text.value = f"<b style='color:#b00'>{type(e).__name__}</b>: {e}"
+            return
+        self._show_bits(other)
+
+    def _show_latents(self) -> None:
+        i = self.insp
+        order = i.channel_order()
+        bpc = i.bits.bits_per_channel
+        grid = {f"ch {c}": i.entropy.y_hat[0, c].numpy() for c in order[:10]}
+        self.grid_fig = go.FigureWidget(figs.planes_figure(grid, list(grid)))
+        gain = {"spatial prior saved (bits)": i.spatial_gain.numpy()}
+        self.gain_fig = go.FigureWidget(figs.planes_figure(gain, list(gain), cols=1))
+        self.gain_fig.update_layout(width=300)
+        self._refreshing = True
+        self.channel.options = [(f"{c} ({float(bpc[c]):.1f} bits)", c) for c in order]
+        self.channel.value = order[0]
+        self._refreshing = False
+        self._show_channel()
+
+    def _show_channel(self) -> None:
+        if self.insp is None or self.channel.value is None or getattr(self, "_refreshing", False):
+            return
+        planes = {k: v.numpy() for k, v in self.insp.latent_planes(self.channel.value).items()}
+        self.planes_fig = go.FigureWidget(figs.planes_figure(planes, PLANES))
+        self.lat_box.children = [W.HTML("channels of y_hat, most bits first"), self.grid_fig,
+                                 self.channel, self.planes_fig, self.gain_fig]
+
+    # -- attention -----------------------------------------------------------------------
+    def _setup_attention(self) -> None:
+        i = self.insp
+        self._refreshing = True
+        stages = sorted({m.stage for m in i.attention})
+        self.stage.options = stages
+        self.stage.value = stages[-1]
+        heads = i.attention[0].scores.shape[1]
+        self.head.options = [("mean", -1), *[(str(h), h) for h in range(heads)]]
+        self.head.value = -1
+        self._refreshing = False
+        H, W_ = i.image.shape[-2:]
+        self.select_query(H / 2, W_ / 2)
+
+    def _on_attention_control(self) -> None:
+        if not getattr(self, "_refreshing", False) and self.insp is not None:
+            y, x = self.query_yx
+            self.select_query(y, x)
+
+    def select_query(self, y: float, x: float) -> att.QueryWeights:
+        """Show the weights of the query at image pixel (y, x) (what a click on the image does)."""
+        i = self.insp
+        self.query_yx = (y, x)
+        head = None if self.head.value in (None, -1) else self.head.value
+        if self.att_source.value == "decoder":
+            q = att.decoder_query(i, self.stage.value, y, x, head, fused=self.fused.value)
+            alphas = att.stage_alphas(i)
+            text = (f"stage {self.stage.value}: keys every {q.key_spacing} px; alpha per stage "
+                    + ", ".join(f"{s}: {a:.3f}" for s, a in alphas.items()))
+        else:
+            bb = att.backbone_attention(self.model, i)
+            if head is not None and head >= bb.maps[0].shape[0]:
+                head = None
+            q = att.backbone_query(i, bb, y, x, block=self.block.value, head=head,
+                                   use_rollout=self.use_rollout.value)
+            text = (f"block {self.block.value}{' rollout' if self.use_rollout.value else ''}: "
+                    f"patches of {q.key_spacing} px; weight on the class token "
+                    f"{q.prefix_weight:.3f}")
+        self.query = q
+        self.att_text.value = (f"{text}; query at ({q.query_pixel[0]:.0f}, "
+                               f"{q.query_pixel[1]:.0f}), weights sum {q.weights.sum():.4f}")
+        self._draw_query(q)
+        return q
+
+    def _draw_query(self, q: att.QueryWeights) -> None:
+        i = self.insp
+        z = figs.downsample(q.over_image)
+        fig = getattr(self, "att_fig", None)
+        if fig is None or fig.data[1].z is None or np.shape(fig.data[1].z) != z.shape \
+                or getattr(self, "_att_for", None) is not i:
+            fig = go.FigureWidget(figs.overlay_figure(i.image, z, figs.GRID, "attention weight",
+                                                      0.6, colorscale="Hot"))
+            fig.data[1].on_click(self._on_click)
+            self.att_fig, self._att_for = fig, i
+            controls = [W.HBox([self.att_source, self.fused]),
+                        W.HBox([self.stage, self.head, self.block, self.use_rollout])]
+            self.att_box.children = [*controls, self.att_text, fig]
+        with fig.batch_update():
+            fig.data[1].z = z
+            fig.data[1].zmax = float(z.max()) if z.size else None
+            fig.data[2].x, fig.data[2].y = [q.query_pixel[1]], [q.query_pixel[0]]
+
+    def _on_click(self, trace, points, selector) -> None:
+        self.last_click = (list(points.ys), list(points.xs))
+        if points.xs:
+            self.select_query(float(points.ys[0]), float(points.xs[0]))
+
+    # -- DoRA ----------------------------------------------------------------------------
+    def _show_dora(self) -> None:
+        if self.model is None or getattr(self, "_refreshing", False):
+            return
+        if not self.layer.value:
+            self.dora_box.children = [W.HTML(f"adapter.mode={self.model.cfg.adapter.mode!r}: "
+                                             "no low-rank adapters in this model")]
+            return
+        v = dora.dora_view(self.model, self.task.value, self.layer.value)
+        self.dora = v
+        self.dora_fig = go.FigureWidget(figs.dora_figure(v))
+        text = (f"{v.mode.upper()} rank {v.rank}, s = {v.scaling:g}: rank of s B A "
+                f"{v.rank_of('lora')}, rank of W' - W0 {v.rank_of('delta')}; mean |m - ||W0||| "
+                f"{np.abs(v.magnitude - v.w0_norms).mean():.3g}, min cosine "
+                f"{v.direction_cosine.min():.6f}")
+        if self.task_b.value not in (None, "-", self.task.value):
+            c = dora.compare_tasks(self.model, self.task.value, self.task_b.value, self.layer.value)
+            text += (f"<br>vs {self.task_b.value}: cosine of the two updates "
+                     f"{c.update_cosine:.3f}, correlation of magnitude changes "
+                     f"{c.magnitude_correlation:.3f}")
+            self.dora_b_fig = go.FigureWidget(figs.dora_figure(c.b))
+            extra = [W.HTML(f"<b>{self.task_b.value}</b>"), self.dora_b_fig]
+        else:
+            extra = []
+        self.dora_text.value = text
+        self.dora_box.children = [W.HBox([self.layer, self.task_b]), self.dora_text,
+                                  W.HTML(f"<b>{self.task.value}</b>"), self.dora_fig, *extra]
+
+
+__all__ = ["InspectorPanel", "VIEWS"]
