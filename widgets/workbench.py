@@ -110,6 +110,29 @@ class Workbench:
         self.select("Rate-accuracy")
         return panel
 
+    def compare_when_done(self, block: bool = False):
+        """Open the Rate-accuracy tab with the queue's runs once no run is queued or running.
+
+        ``block=False`` (in a notebook) returns at once and compares from the queue's thread
+        when the last run ends: a cell that blocks holds the kernel's shell channel, and widget
+        clicks (Stop) would wait until it ends. ``block=True`` waits here (scripts, CI).
+        """
+        if block:
+            self.queue.wait()
+            return self.compare()
+
+        def on_event(job, event) -> None:
+            if event.kind == "status" and event.status in ("done", "stopped", "failed") and not any(
+                    j.status in ("queued", "running") for j in self.queue.jobs):
+                self.queue.unsubscribe(on_event)
+                self.compare()
+
+        self.queue.subscribe(on_event)
+        if not any(j.status in ("queued", "running") for j in self.queue.jobs):
+            self.queue.unsubscribe(on_event)
+            return self.compare()
+        return None
+
     def select(self, title: str) -> None:
         """Open tab ``title``."""
         self.tabs.selected_index = TABS.index(title)
