@@ -1,7 +1,8 @@
 """``icm demo``: a rate-accuracy curve from scratch on the CPU, in minutes, offline.
 
-Trains the quick preset (random 4-block EVA-02-tiny with DoRA, synthetic scenes, 128x128) at
-several lambdas, evaluates each on validation scenes through real bitstreams, and writes
+Trains the quick preset (the synthetic-pretrained 4-block EVA-02-tiny with DoRA, synthetic
+scenes, 128x128) at several lambdas, evaluates each on validation scenes through real
+bitstreams, and writes
 ``report.html`` (plotly RA curve, table, a decoded example with its bit allocation),
 ``results.json`` (CompressAI layout), ``results.csv`` and the checkpoints.
 """
@@ -19,7 +20,7 @@ import torch
 from icm_core.config import load_config
 from icm_core.evaluate import compressai_json, results_csv
 from icm_core.io import write_text
-from icm_core.models.backbone import weights_notice
+from icm_core.models.backbone import weights_notice, weights_source
 from icm_core.train import Trainer
 from icm_core.viz import prediction_panel, ra_figure
 
@@ -52,7 +53,7 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
         results.append(trainer.final_results[0])
         trainers.append(trainer)
     model = trainers[len(trainers) // 2].model
-    desc = (f"quick preset ({model.cfg.backbone.name}, {'pretrained' if model.pretrained else 'RANDOM'} "
+    desc = (f"quick preset ({model.cfg.backbone.name}, {weights_source(model.cfg.backbone)} "
             f"weights, DoRA r{model.cfg.adapter.rank}), {steps} steps per lambda on synthetic scenes, "
             f"{val_images} val images, real bitstreams")
     doc = compressai_json(f"demo-{task}", desc, results)

@@ -121,7 +121,10 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
 
     report = run_demo(tmp_path, steps=3, lambdas=(0.1, 1.0), val_images=2, size=64, progress=False)
     page = report.read_text()
-    assert "plotly" in page and "RANDOM weights" in page and "data:image/png;base64," in page
+    # the demo's default backbone is the shipped synthetic-pretrained one, and the report says so
+    assert "plotly" in page and "data:image/png;base64," in page
+    assert "pretrained on synthetic scenes" in page and "not ImageNet" in page
+    assert "RANDOM" not in page
     doc = json.loads((tmp_path / "results.json").read_text())
     assert len(doc["results"]["bpp"]) == 2 and len(doc["results"]["mIoU"]) == 2
     assert all(b > 0 for b in doc["results"]["bpp"])
