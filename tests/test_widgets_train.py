@@ -141,3 +141,19 @@ def test_workbench_tabs_and_a_missing_panel(tmp_path, monkeypatch):
     assert "widgets/not_written_yet.py is missing" in bench.tabs.children[5].children[0].value
     with pytest.raises(KeyError):
         bench.panel("Nope")
+
+
+def test_compare_when_done_returns_at_once_and_opens_the_curves_when_the_queue_empties(tmp_path):
+    """A notebook cell must not block on the queue (clicks would wait for it): the call
+    returns before the run ends, and the Rate-accuracy tab opens with the run when it does."""
+    bench = wb.Workbench(tmp_path / "ws", overrides=[*TINY, "train.max_steps=2", "data.val_length=1"])
+    gate = threading.Event()
+    bench.queue.subscribe(lambda job, event: gate.wait(30) if event.kind == "step" else None)
+    bench.train.start_button.click()
+    assert bench.compare_when_done() is None  # returned while the run is held at its first step
+    assert bench.tabs.selected_index != wb.TABS.index("Rate-accuracy")
+    gate.set()
+    assert bench.queue.wait(120)
+    assert [j.status for j in bench.queue.jobs] == ["done"]
+    assert bench.tabs.selected_index == wb.TABS.index("Rate-accuracy")
+    assert bench.panel("Rate-accuracy").runs == [bench.queue.jobs[0].run_dir]

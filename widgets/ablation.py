@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from icm_core import ablation as ab
 from icm_core.config import ADAPTER_MODES
 from icm_core.errors import ConfigError, ICMError
+from widgets._panel import MessagePanel
 
 
 def _finished(run_dir: Path) -> bool:
@@ -28,7 +29,7 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-class AblationPanel:
+class AblationPanel(MessagePanel):
     """``points()`` the grid, ``estimate()`` its cost, ``run()`` submits it; ``rows``, ``figure``
     and ``saved`` (HTML, CSV) are refreshed as its runs finish."""
 
@@ -156,18 +157,6 @@ class AblationPanel:
             fn()
         except (ICMError, OSError) as e:
             self._say(f"{type(e).__name__}: {e}", error=True)
-
-    def _say(self, text: str, error: bool = False) -> None:
-        colour = "#d62728" if error else "#333"
-        self.message.value = f"<span style='color:{colour}'>{html.escape(text, quote=False)}</span>"
-
-    def show(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self):
-        self.show()
 
 
 __all__ = ["AblationPanel"]

@@ -19,6 +19,7 @@ from plotly.colors import qualitative
 
 from icm_core.errors import ICMError
 from icm_core.ra_table import Curve, bd_table, curve_from_results, curves_from_points
+from widgets._panel import MessagePanel
 
 _HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
                "steps", "size")
@@ -41,7 +42,7 @@ def _bd_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.2f} %"
 
 
-class RAPanel:
+class RAPanel(MessagePanel):
     """``set_runs(paths)``, ``add_results(path)``, ``refresh()``; ``figures`` (task ->
     FigureWidget), ``curves`` and ``bd_rows`` hold what is shown."""
 
@@ -197,18 +198,6 @@ class RAPanel:
         self.table.value = (f"<table style='border-collapse:collapse;font-size:12px'>"
                             f"<tr>{head}</tr>{body}</table><small>negative: fewer bits than "
                             "the anchor for the same accuracy (Pareto fronts, PCHIP)</small>")
-
-    def _say(self, text: str, error: bool = False) -> None:
-        colour = "#d62728" if error else "#333"
-        self.message.value = f"<span style='color:{colour}'>{html.escape(text, quote=False)}</span>"
-
-    def show(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self):
-        self.show()
 
 
 __all__ = ["RAPanel"]

@@ -18,6 +18,7 @@ import ipywidgets as w
 
 from icm_core.errors import ICMError
 from icm_core.workspace import RunInfo, delete_run, export_run, list_runs
+from widgets._panel import MessagePanel
 
 COLUMNS = ("name", "status", "steps", "tasks", "adapter", "rank", "targets", "lmbda",
            "compression", "weights", "bpp", "metric")
@@ -48,7 +49,7 @@ def run_row(run: RunInfo) -> dict:
             "metric": f"{res.metric} {res.value:.4g}" if res else None, "note": run.note}
 
 
-class RunsPanel:
+class RunsPanel(MessagePanel):
     """Table of runs with refresh, compare, delete (confirmed), export and open-in-inspector."""
 
     def __init__(self, workspace: str | Path, queue=None, refresh_every_s: float = 5.0):
@@ -156,10 +157,6 @@ class RunsPanel:
                     f"<ul>{items}</ul></details>"
         return body
 
-    def _say(self, text: str, error: bool = False) -> None:
-        colour = "#d62728" if error else "#333"
-        self.message.value = f"<span style='color:{colour}'>{html.escape(text, quote=False)}</span>"
-
     def _on_queue(self, job, event) -> None:
         """Queue events arrive on the queue's thread; step events refresh at most every few
         seconds (reading every run's config each step would slow the table down)."""
@@ -227,14 +224,6 @@ class RunsPanel:
             except (ICMError, OSError) as e:
                 errors.append(str(e))
         self._say("; ".join(errors) if errors else f"Exported to {', '.join(made)}.", bool(errors))
-
-    def show(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self):
-        self.show()
 
 
 __all__ = ["RunsPanel", "run_row", "COLUMNS"]
