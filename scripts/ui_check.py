@@ -4,7 +4,9 @@ What a user does with notebook 01: open it, run every cell, press Start in the T
 the live curve while another cell runs, press Stop. The script checks that the panel really
 updates while the kernel is busy elsewhere (the progress text changes between two looks taken
 during a ``time.sleep`` cell) and that Stop leaves the run stopped, and saves a screenshot of
-each stage (and of every other tab) into ``--out``.
+each stage (and of every other tab) into ``--out``. Then notebook 03 (with ``QUICK = True``):
+a screenshot of every inspector view, and a mouse click on the attention map that must move
+the query.
 
 Needs Debian's ``chromium`` (``apt install chromium``) and playwright (``pip install -e
 ".[ui]"``); playwright's own browser download is not needed: the system Chromium is driven.
@@ -27,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+INSPECT_NOTEBOOK = "03_inspect.ipynb"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
@@ -58,7 +61,9 @@ def start_lab(root: Path, port: int, token: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", JUPYTER_PLATFORM_DIRS="1")
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
            "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False"]
+           f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+           # a fresh workspace: one restored from an earlier check reopens its notebooks
+           f"--LabApp.workspaces_dir={root / '.workspaces'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers: Jupyter refuses root otherwise
         cmd.append("--allow-root")
     with open(root / "jupyter-server.log", "wb") as logf:  # the server keeps its own handle
@@ -87,12 +92,79 @@ def _click_menu(page, menu: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
+def _quick_copy(src: Path, dst: Path) -> None:
+    """Copy a notebook with ``QUICK = True`` in its ``parameters`` cell (what CI runs)."""
+    nb = json.loads(src.read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["source"] = "QUICK = True\n"
+    dst.write_text(json.dumps(nb))
+
+
+def _open_and_run_all(page, port: int, token: str, notebook: str) -> None:
+    # reset: only this notebook open (a restored workspace reopens the others)
+    page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    page.wait_for_timeout(3000)
+    for label in ("Select", "No"):  # a kernel picker; the news question
+        b = page.locator(".jp-Dialog button, .jp-toast-button", has_text=label)
+        if b.count():
+            b.first.click()
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           timeout=90_000, state="attached")
+    _click_menu(page, "Run", "Run All Cells")
+
+
+def _wait_all_cells_ran(page, timeout_s: float) -> None:
+    """Until every code cell shows an execution count: the kernel goes idle between cells."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        prompts = _texts(page, ".jp-CodeCell .jp-InputArea-prompt")
+        if prompts and all(any(c.isdigit() for c in p) and "*" not in p for p in prompts):
+            return
+        page.wait_for_timeout(1000)
+    raise TimeoutError(f"the notebook's cells did not all run within {timeout_s:.0f} s")
+
+
+def _query_text(page) -> str:
+    return next((t for t in _texts(page, ".widget-html") if "query at" in t), "")
+
+
+def inspect_views(page, port: int, token: str, report: dict, shot) -> None:
+    """Notebook 03 (QUICK): every inspector view, and a mouse click on the attention figure
+    that must move the query (the text under the controls names the query pixel)."""
+    _open_and_run_all(page, port, token, INSPECT_NOTEBOOK)
+    _wait_all_cells_ran(page, 300)
+    page.wait_for_timeout(3000)
+    for view in ("Predictions", "Bits", "Latents", "Attention", "DoRA"):
+        tab = page.locator(".lm-TabBar-tabLabel", has_text=view).first
+        tab.scroll_into_view_if_needed()
+        tab.click()
+        page.wait_for_timeout(3000)
+        if view == "Attention":
+            plots = page.locator(".js-plotly-plot")
+            shown = [plots.nth(k) for k in range(plots.count()) if plots.nth(k).is_visible()]
+            shown[-1].scroll_into_view_if_needed()
+            box = shown[-1].locator(".nsewdrag").first.bounding_box()
+            before = _query_text(page)
+            x, y = box["x"] + 0.2 * box["width"], box["y"] + 0.25 * box["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(500)
+            page.mouse.click(x, y)
+            page.wait_for_timeout(4000)
+            after = _query_text(page)
+            report["attention_click"] = {"before": before, "after": after,
+                                         "moved": bool(after) and after != before}
+        shot(page, f"inspector-{view.lower()}")
+
+
 def run(out: Path, notebook: str, wait_s: float, chromium: str) -> dict:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="icm-ui-"))
     shutil.copy(ROOT / "notebooks" / notebook, work / notebook)
+    _quick_copy(ROOT / "notebooks" / INSPECT_NOTEBOOK, work / INSPECT_NOTEBOOK)
     port, token = _free_port(), "icm-ui-check"
     lab = start_lab(work, port, token)
     report: dict = {"notebook": notebook, "screenshots": []}
@@ -119,17 +191,8 @@ def run(out: Path, notebook: str, wait_s: float, chromium: str) -> dict:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             try:
-                page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook}?token={token}")
-                page.wait_for_selector(".jp-Notebook", timeout=60_000)
-                page.wait_for_timeout(3000)
-                for label in ("Select", "No"):  # a kernel picker; the news question
-                    b = page.locator(".jp-Dialog button, .jp-toast-button", has_text=label)
-                    if b.count():
-                        b.first.click()
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                       timeout=90_000, state="attached")
                 # 1. run the notebook as a user would: it queues runs and waits on them
-                _click_menu(page, "Run", "Run All Cells")
+                _open_and_run_all(page, port, token, notebook)
                 stop = page.locator("button", has_text="Stop").first
                 stop.wait_for(timeout=180_000)
                 stop.scroll_into_view_if_needed()
@@ -171,6 +234,10 @@ def run(out: Path, notebook: str, wait_s: float, chromium: str) -> dict:
                         page.wait_for_timeout(2500)
                         t.first.scroll_into_view_if_needed()
                         shot(page, f"tab-{tab.lower()}")
+                # 3. the inspector (notebook 03): every view, a click on the attention map
+                page.close()  # one page per notebook: two pages saving one file conflict
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                inspect_views(page, port, token, report, shot)
             except Exception as e:  # keep what was seen; the caller reports the failure
                 report["error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
                 shot(page, "error")
@@ -203,7 +270,8 @@ def main(argv=None) -> int:
     ok = ("error" not in report and report.get("stopped") and report.get("notebook_stopped")
           and report.get("notebook_run", {}).get("live")
           and report.get("start_click", {}).get("live")
-          and report["start_click"]["kernel_busy"])
+          and report["start_click"]["kernel_busy"]
+          and report.get("attention_click", {}).get("moved"))
     return 0 if ok else 1
 
 

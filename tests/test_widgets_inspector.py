@@ -72,6 +72,8 @@ def test_attention_click_selects_the_query(panel):
     assert q.weights.sum() == pytest.approx(1, abs=1e-6)
     assert "sum 1.0000" in panel.att_text.value
     assert "alpha per stage 2: 0.100" in panel.att_text.value
+    fig = panel.att_fig  # no browser drew the first one: the click built a new figure
+    assert fig.data[1]._click_callbacks  # which answers clicks too
     np.testing.assert_allclose(np.asarray(fig.data[1].z, dtype=float), q.over_image[::8, ::8])
     assert (fig.data[2].x[0], fig.data[2].y[0]) == (q.query_pixel[1], q.query_pixel[0])
     panel.head.value = 1
@@ -85,6 +87,22 @@ def test_attention_click_selects_the_query(panel):
     assert q.weights.shape == (8, 12) and q.key_spacing == 16
     assert q.weights.sum() + q.prefix_weight == pytest.approx(1, abs=1e-6)
     assert "rollout" in panel.att_text.value
+
+
+def test_attention_figure_changes_in_place_only_once_drawn(panel):
+    """plotly's widget drops a figure's click handler when the figure changes while its view is
+    still drawing (widgets/_figure.py): until the view reports its traces, a new query builds a
+    new figure; afterwards the drawn figure is updated in place."""
+    panel.show("Attention")
+    first = panel.att_fig
+    panel.select_query(20.0, 20.0)
+    second = panel.att_fig
+    assert second is not first and second.data[1]._click_callbacks
+    second._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": -1}  # what a view sends
+    q = panel.select_query(100.0, 150.0)
+    assert panel.att_fig is second
+    assert (second.data[2].x[0], second.data[2].y[0]) == (q.query_pixel[1], q.query_pixel[0])
+    np.testing.assert_allclose(np.asarray(second.data[1].z, dtype=float), q.over_image[::8, ::8])
 
 
 def test_latents_and_dora_views(panel):

@@ -22,6 +22,7 @@ from icm_core import inspect_dora as dora
 from icm_core.errors import ICMError
 from icm_core.inspect_errors import error_map, error_unit
 from widgets import inspector_figures as figs
+from widgets._figure import drawn, live_figure
 
 VIEWS = ("Predictions", "Bits", "Latents", "Attention", "DoRA")
 PLANES = ["y_hat", "coded mean", "coded scale", "residual", "bits", "hyper mean", "hyper scale",
@@ -286,20 +287,25 @@ class InspectorPanel:
     def _draw_query(self, q: att.QueryWeights) -> None:
         i = self.insp
         z = figs.downsample(q.over_image)
+        zmax = float(z.max()) if z.size else None
+        marker = ([q.query_pixel[1]], [q.query_pixel[0]])
         fig = getattr(self, "att_fig", None)
-        if fig is None or fig.data[1].z is None or np.shape(fig.data[1].z) != z.shape \
+        if fig is None or not drawn(fig) or np.shape(fig.data[1].z) != z.shape \
                 or getattr(self, "_att_for", None) is not i:
-            fig = go.FigureWidget(figs.overlay_figure(i.image, z, figs.GRID, "attention weight",
-                                                      0.6, colorscale="Hot"))
+            # a new figure with its final values: one changed before its view has drawn
+            # would never report a click (widgets/_figure.py)
+            fig = live_figure(figs.overlay_figure(i.image, z, figs.GRID, "attention weight", 0.6,
+                                                  colorscale="Hot", zmax=zmax, marker=marker))
             fig.data[1].on_click(self._on_click)
             self.att_fig, self._att_for = fig, i
             controls = [W.HBox([self.att_source, self.fused]),
                         W.HBox([self.stage, self.head, self.block, self.use_rollout])]
             self.att_box.children = [*controls, self.att_text, fig]
+            return
         with fig.batch_update():
             fig.data[1].z = z
-            fig.data[1].zmax = float(z.max()) if z.size else None
-            fig.data[2].x, fig.data[2].y = [q.query_pixel[1]], [q.query_pixel[0]]
+            fig.data[1].zmax = zmax
+            fig.data[2].x, fig.data[2].y = marker
 
     def _on_click(self, trace, points, selector) -> None:
         self.last_click = (list(points.ys), list(points.xs))

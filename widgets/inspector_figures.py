@@ -86,12 +86,13 @@ def sections_figure(sections: dict[str, int], estimate: dict[str, float]) -> go.
 
 
 def overlay_figure(image, values: np.ndarray, spacing: int, name: str, opacity: float = 0.6,
-                   colorscale: str = "Turbo", zmax=None) -> go.Figure:
-    """The image with a coarse map over it (trace 0: image, trace 1: the map)."""
+                   colorscale: str = "Turbo", zmax=None, marker=([], [])) -> go.Figure:
+    """The image with a coarse map over it (trace 0: image, trace 1: the map, trace 2: a
+    marker at ``marker`` = (xs, ys), e.g. the attention query)."""
     H, W = image.shape[-2:]
     fig = go.Figure([picture(image_to_uint8(image), "image"),
                      cells(values, spacing, name, colorscale, opacity, zmin=0, zmax=zmax)])
-    fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="query",
+    fig.add_trace(go.Scatter(x=list(marker[0]), y=list(marker[1]), mode="markers", name="query",
                              marker=dict(symbol="x", size=12, color="white",
                                          line=dict(width=2, color="black"))))
     _axes(fig, H, W)
