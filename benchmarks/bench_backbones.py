@@ -11,7 +11,9 @@ compressed rows are scored through real bitstreams (encode -> bytes -> decode):
 - DoRA r8 qkv, LoRA r16 qv, Full FT: on the synthetic-pretrained backbone
 
 The synthetic rows must beat Fixed (random) and Scratch on every task, or the pretraining is
-not good enough. Trainings are cached under ``benchmarks/results/backbone_runs/`` (keyed by
+not good enough. ``--seeds 0,1,2`` trains every cell once per seed and compares means;
+``--split val`` scores on validation scenes, to choose a setting (``--set train.backbone_lr=...``)
+without looking at the test scenes. Trainings are cached under ``benchmarks/results/backbone_runs/`` (keyed by
 their overrides); ``--jobs 2`` trains two at a time, one thread each. Writes
 ``benchmarks/results/backbones.json`` and ``.csv`` and prints a table per setting.
 
@@ -44,14 +46,19 @@ ROWS = {  # row name -> overrides on top of experiment=quick
 SYNTHETIC_ROWS = ("Fixed (synthetic)", "DoRA r8 qkv", "LoRA r16 qv", "Full FT")
 
 
-def _job(row: str, task: str, lmbda: float | None, common: list[str], root: str,
-         test_images: int, test_size: int, retrain: bool) -> dict:
+def _job(row: str, task: str, lmbda: float | None, seed: int, common: list[str], root: str,
+         test_images: int, test_size: int, split: str, retrain: bool) -> dict:
     """Train one (row, task, setting) with the quick preset, or load it from the cache, and score
     it on the held-out test scenes. Runs in its own process with one thread."""
     import torch
 
     torch.set_num_threads(1)
-    from icm_core.checkpoint import has_checkpoint, load_checkpoint
+    from icm_core.checkpoint import (
+        has_checkpoint,
+        load_checkpoint,
+        load_config_file,
+        resolve_checkpoint_dir,
+    )
     from icm_core.cli import model_info
     from icm_core.config import load_config
     from icm_core.data.synthetic import SyntheticScenes
@@ -59,31 +66,61 @@ def _job(row: str, task: str, lmbda: float | None, common: list[str], root: str,
     from icm_core.train import Trainer
 
     comp = ["model.compression=false"] if lmbda is None else [f"lmbda={lmbda}"]
-    overrides = ["experiment=quick", f"task={task}", *ROWS[row], *comp, *common]
+    seeded = [f"train.seed={seed}"] if seed else []  # seed 0 keeps the key of earlier runs
+    overrides = ["experiment=quick", f"task={task}", *ROWS[row], *comp, *seeded, *common]
     key = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:10]
     run = Path(root) / key
     t = time.perf_counter()
-    if has_checkpoint(run) and not retrain:
+    cfg = load_config([*overrides, "data.workers=0", "data.val_length=2", f"out_dir={run}"])
+    if has_checkpoint(run) and not retrain and _same_run(load_config_file(
+            resolve_checkpoint_dir(run)), cfg):
         model, _ = load_checkpoint(run)
         trained = None
     else:
-        cfg = load_config([*overrides, "data.workers=0", "data.val_length=2", f"out_dir={run}"])
         trainer = Trainer(cfg, device="cpu")
         trainer.fit(progress=False)
         (run / "overrides.json").write_text(json.dumps(overrides))
         model, trained = trainer.model, time.perf_counter() - t
     info = model_info(overrides)
-    test = SyntheticScenes("test", size=(test_size, test_size), tasks=[task], length=test_images)
+    test = SyntheticScenes(split, size=(test_size, test_size), tasks=[task], length=test_images)
     r = evaluate(model, test, task, per_image=False)
-    return {"row": row, "task": task, "lmbda": lmbda, "metric": r.metric, "value": r.value,
+    return {"row": row, "task": task, "lmbda": lmbda, "seed": seed, "metric": r.metric, "value": r.value,
             "higher_is_better": r.higher_is_better, "bpp": r.bpp,
             "trainable_percent": info["trainable_backbone_params"] / info["backbone_params"] * 100,
             "trainable_backbone_params": info["trainable_backbone_params"],
             "weights_source": info["weights_source"], "train_seconds": trained, "run": str(run)}
 
 
+def _same_run(saved, cfg) -> bool:
+    """Is a cached run what ``cfg`` would train now? Keys are the overrides, so a preset that
+    changed since (say a new ``train.backbone_lr``) must retrain. A setting that does not act on
+    the run (``backbone_lr`` outside full fine-tuning, the output folder) does not count."""
+    from omegaconf import OmegaConf
+
+    def effective(c) -> dict:
+        tree = OmegaConf.to_container(OmegaConf.structured(c))
+        tree.pop("out_dir", None)
+        if tree["adapter"]["mode"] != "full":
+            tree["train"].pop("backbone_lr", None)
+        return tree
+
+    return effective(saved) == effective(cfg)
+
+
 def _better(a: float, b: float, hib: bool) -> bool:
     return a > b if hib else a < b
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _spread(values: list[float]) -> float:
+    """Sample standard deviation (0 for one seed)."""
+    if len(values) < 2:
+        return 0.0
+    m = _mean(values)
+    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def main(argv=None) -> dict:
@@ -92,23 +129,33 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", default=",".join(ROWS), help="comma list of row names")
     p.add_argument("--lmbda", type=float, default=1.0, help="the compressed setting's lambda")
     p.add_argument("--steps", type=int, default=None, help="default: the quick preset's")
-    p.add_argument("--images", type=int, default=32, help="held-out test scenes")
+    p.add_argument("--seeds", default="0", help="comma list of train.seed values; tables show "
+                   "the mean (and spread) over them")
+    p.add_argument("--set", dest="extra", action="append", default=[],
+                   help="an extra override for every row, e.g. --set train.backbone_lr=1e-4")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="scenes to score on: 'val' to choose settings, 'test' to report")
+    p.add_argument("--images", type=int, default=32, help="held-out scenes")
     p.add_argument("--size", type=int, default=128, help="test size (the quick preset trains at 128)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time (one thread each)")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="backbones", help="result files: OUT/NAME.json and .csv "
+                   "(trainings are cached in OUT/backbone_runs whatever the name)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     tasks = args.tasks.split(",")
     rows = args.rows.split(",")
-    common = [f"train.max_steps={args.steps}"] if args.steps else []
+    seeds = [int(v) for v in args.seeds.split(",")]
+    common = ([f"train.max_steps={args.steps}"] if args.steps else []) + list(args.extra)
     root = str(args.out / "backbone_runs")
-    jobs = [(row, task, lm) for lm in (None, args.lmbda) for task in tasks for row in rows]
+    jobs = [(row, task, lm, seed) for seed in seeds for lm in (None, args.lmbda)
+            for task in tasks for row in rows]
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_job, row, task, lm, common, root, args.images, args.size,
-                               args.retrain) for row, task, lm in jobs]
+        futures = [pool.submit(_job, row, task, lm, seed, common, root, args.images, args.size,
+                               args.split, args.retrain) for row, task, lm, seed in jobs]
         for f in as_completed(futures):
             r = f.result()
             results.append(r)
@@ -116,30 +163,43 @@ def main(argv=None) -> dict:
             bpp = "" if r["bpp"] is None else f" at {r['bpp']:.4f} bpp"
             print(f"[{time.perf_counter() - t0:6.0f} s] {r['row']:<18} {r['task']:<12} "
                   f"{'uncompressed' if r['lmbda'] is None else 'lambda ' + str(r['lmbda']):<13}"
-                  f"{r['metric']} {r['value']:.4f}{bpp} ({took})", flush=True)
+                  f"seed {r['seed']} {r['metric']} {r['value']:.4f}{bpp} ({took})", flush=True)
 
-    # the verdict: every synthetic-pretrained row against Fixed (random) and Scratch
+    # per (setting, row, task): the mean over seeds; the verdict compares means
+    cells: dict[tuple, dict] = {}
+    for r in results:
+        c = cells.setdefault((r["lmbda"], r["row"], r["task"]),
+                             {"setting": "uncompressed" if r["lmbda"] is None
+                              else f"lambda={r['lmbda']:g}", "row": r["row"], "task": r["task"],
+                              "metric": r["metric"], "higher_is_better": r["higher_is_better"],
+                              "values": [], "seeds": []})
+        c["values"].append(r["value"])
+        c["seeds"].append(r["seed"])
+    for c in cells.values():
+        c["mean"], c["spread"] = _mean(c["values"]), _spread(c["values"])
     verdict = []
     for lm in (None, args.lmbda):
         setting = "uncompressed" if lm is None else f"lambda={lm:g}"
-        print(f"\n== {setting}: {len(tasks)} tasks, {args.images} held-out scenes at {args.size} px")
-        print(f"{'row':<18}{'trainable %':>12}" + "".join(f"{t:>13}" for t in tasks))
-        by = {(r["row"], r["task"]): r for r in results if r["lmbda"] == lm}
+        print(f"\n== {setting}: {len(tasks)} tasks, {args.images} {args.split} scenes at "
+              f"{args.size} px, mean over seeds {seeds}")
+        print(f"{'row':<18}{'trainable %':>12}" + "".join(f"{t:>16}" for t in tasks))
         for row in rows:
-            cells = []
+            line = []
             for t in tasks:
-                r = by.get((row, t))
-                cells.append(f"{r['value']:>13.4f}" if r else f"{'-':>13}")
+                c = cells.get((lm, row, t))
+                text = "-" if c is None else (f"{c['mean']:.4f}" + (
+                    f"+-{c['spread']:.3f}" if len(c["values"]) > 1 else ""))
+                line.append(f"{text:>16}")
             pct = next((r["trainable_percent"] for r in results if r["row"] == row), float("nan"))
-            print(f"{row:<18}{pct:>12.2f}" + "".join(cells))
+            print(f"{row:<18}{pct:>12.2f}" + "".join(line))
         for row in [r for r in rows if r in SYNTHETIC_ROWS]:
             for t in tasks:
-                mine = by.get((row, t))
+                mine = cells.get((lm, row, t))
                 for ref in ("Fixed (random)", "Scratch"):
-                    other = by.get((ref, t))
+                    other = cells.get((lm, ref, t))
                     if mine and other:
                         verdict.append({"setting": setting, "row": row, "task": t, "against": ref,
-                                        "beats": _better(mine["value"], other["value"],
+                                        "beats": _better(mine["mean"], other["mean"],
                                                          mine["higher_is_better"])})
     lost = [v for v in verdict if not v["beats"]]
     print(f"\nsynthetic-pretrained rows beat Fixed (random) and Scratch in "
@@ -149,19 +209,20 @@ def main(argv=None) -> dict:
 
     doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "rows": ROWS, "results": sorted(results, key=lambda r: (str(r["lmbda"]), r["task"],
-                                                                   r["row"])),
+                                                                   r["row"], r["seed"])),
+           "cells": sorted(cells.values(), key=lambda c: (c["setting"], c["task"], c["row"])),
            "verdict": verdict, "all_beat": not lost,
            "seconds": round(time.perf_counter() - t0, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     from icm_core.io import write_text
 
-    write_text(args.out / "backbones.json", json.dumps(doc, indent=2))
+    write_text(args.out / f"{args.name}.json", json.dumps(doc, indent=2))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(doc["results"][0]))
     w.writeheader()
     w.writerows(doc["results"])
-    write_text(args.out / "backbones.csv", buf.getvalue())
-    print(f"wrote {args.out}/backbones.json and .csv ({doc['seconds']:.0f} s)")
+    write_text(args.out / f"{args.name}.csv", buf.getvalue())
+    print(f"wrote {args.out}/{args.name}.json and .csv ({doc['seconds']:.0f} s)")
     return doc
 
 

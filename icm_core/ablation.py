@@ -159,7 +159,8 @@ def _time_key(cfg: ExperimentConfig, device: str, threads: int) -> str:
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for k in ("name", "out_dir", "resume", "lmbda"):
         tree.pop(k, None)
-    for k in ("max_steps", "eval_every", "checkpoint_every", "seed", "lr", "head_lr"):
+    for k in ("max_steps", "eval_every", "checkpoint_every", "seed", "lr", "head_lr",
+              "backbone_lr"):
         tree["train"].pop(k, None)
     blob = json.dumps([tree, device, threads], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -166,6 +166,9 @@ class TrainConfig:
     lr: float = _help("Adam learning rate of the adapters (or the backbone in full/scratch)", 2e-5)
     head_lr: float | None = _help("learning rate of the task heads (preliminary decoder, entropy "
                                   "model, decoder), trained from scratch; null: train.lr", None)
+    backbone_lr: float | None = _help("learning rate of the pretrained backbone weights under full "
+                                      "fine-tuning (adapter=full); null: train.lr. Adapters and "
+                                      "scratch training use train.lr", None)
     weight_decay: float = _help("Adam weight decay", 1e-6)
     poly_power: float = _help("polynomial LR decay power", 0.9)
     eval_every: int = _help("steps between evaluations at real bitstream rates (0: never)", 0)
@@ -179,6 +182,8 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         if self.head_lr is not None:
             _positive("train.head_lr", self.head_lr, " (or null: the same as train.lr)")
+        if self.backbone_lr is not None:
+            _positive("train.backbone_lr", self.backbone_lr, " (or null: the same as train.lr)")
         _at_least("train.weight_decay", self.weight_decay, 0)
         _at_least("train.poly_power", self.poly_power, 0, " (0: constant learning rate)")
         _at_least("train.eval_every", self.eval_every, 0, " (0: never)")

@@ -153,9 +153,12 @@ def set_trainable(model: ICMModel, tasks) -> list[torch.nn.Parameter]:
     return list(chosen.values())
 
 
-def build_optimizer(model: ICMModel, params, t: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over ``params``: heads at ``t.head_lr`` (default ``t.lr``), adapters/backbone at
-    ``t.lr``, and the factorized prior's quantiles (compressai's auxiliary loss) at 1e-3."""
+def build_optimizer(model: ICMModel, params, t: TrainConfig,
+                    full_finetune: bool = False) -> torch.optim.Optimizer:
+    """Adam over ``params``: heads at ``t.head_lr`` (default ``t.lr``), adapters (or a scratch
+    backbone) at ``t.lr``, the pretrained backbone under full fine-tuning at ``t.backbone_lr``
+    (default ``t.lr``), and the factorized prior's quantiles (compressai's auxiliary loss) at
+    1e-3."""
     ids = {id(p) for p in params}
     names = {id(p): n for n, p in model.named_parameters() if id(p) in ids}
     aux = [p for p in params if names[id(p)].endswith("entropy_bottleneck.quantiles")]
@@ -163,7 +166,8 @@ def build_optimizer(model: ICMModel, params, t: TrainConfig) -> torch.optim.Opti
     heads = [p for p in params if names[id(p)].startswith("heads.") and id(p) not in aux_ids]
     backbone = [p for p in params if not names[id(p)].startswith("heads.")]
     head_lr = t.head_lr if t.head_lr is not None else t.lr
-    groups = [{"params": backbone, "lr": t.lr, "weight_decay": t.weight_decay, "name": "backbone"},
+    backbone_lr = t.backbone_lr if full_finetune and t.backbone_lr is not None else t.lr
+    groups = [{"params": backbone, "lr": backbone_lr, "weight_decay": t.weight_decay, "name": "backbone"},
               {"params": heads, "lr": head_lr, "weight_decay": t.weight_decay, "name": "heads"},
               {"params": aux, "lr": 1e-3, "weight_decay": 0.0, "name": "quantiles"}]
     return torch.optim.Adam([g for g in groups if g["params"]])
@@ -242,7 +246,8 @@ class Trainer:
         distributed.convert_batchnorm(self.model, self.device)
         self.out_dir = Path(cfg.out_dir)
         self.params = set_trainable(self.model, self.tasks)
-        self.optimizer = build_optimizer(self.model, self.params, cfg.train)
+        self.optimizer = build_optimizer(self.model, self.params, cfg.train,
+                                         full_finetune=cfg.adapter.mode == "full")
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self._ddp = self._wrap_ddp()
         self.subscribers: list[Callable[[TrainEvent], None]] = []
