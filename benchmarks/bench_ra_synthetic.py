@@ -19,7 +19,9 @@ Trained models are cached under ``benchmarks/results/ra_runs/`` (keyed by their 
 ``--retrain`` ignores the cache. Defaults: 16 scenes at 256 px, 4 qualities per codec, 8
 trainings (2 tasks x (baseline + 3 lambdas)); 22 minutes measured on a shared, loaded 2-core
 machine (about 10 on an idle core), a rerun from the cache a few. ``--images 64 --ladder full
---steps 600`` is a bigger run.
+--steps 600`` is a bigger run. ``--tasks`` takes any of the six tasks; boundary's odsF
+(99 thresholds, pixel matching) is slow at 256 px: scoring its 48 classical points on 16 scenes
+had not finished after 37 minutes on this 2-core machine.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ra_synthetic.py
 """
