@@ -13,8 +13,9 @@ compressed rows are scored through real bitstreams (encode -> bytes -> decode):
 The synthetic rows must beat Fixed (random) and Scratch on every task, or the pretraining is
 not good enough. ``--seeds 0,1,2`` trains every cell once per seed and compares means;
 ``--split val`` scores on validation scenes, to choose a setting (``--set train.backbone_lr=...``)
-without looking at the test scenes. Trainings are cached under ``benchmarks/results/backbone_runs/`` (keyed by
-their overrides); ``--jobs 2`` trains two at a time, one thread each. Writes
+without looking at the test scenes. Trainings are cached under
+``benchmarks/results/backbone_runs/`` (``benchmarks/_runs.py``: keyed by their overrides,
+retrained when the preset they resolve to has changed); ``--jobs 2`` trains two at a time, one thread each. Writes
 ``benchmarks/results/backbones.json`` and ``.csv`` and prints a table per setting.
 
     python benchmarks/bench_backbones.py --jobs 2
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import os
@@ -53,34 +53,17 @@ def _job(row: str, task: str, lmbda: float | None, seed: int, common: list[str],
     import torch
 
     torch.set_num_threads(1)
-    from icm_core.checkpoint import (
-        has_checkpoint,
-        load_checkpoint,
-        load_config_file,
-        resolve_checkpoint_dir,
-    )
+    from _runs import train_cached  # benchmarks/_runs.py (a spawned process keeps sys.path)
+
     from icm_core.cli import model_info
-    from icm_core.config import load_config
     from icm_core.data.synthetic import SyntheticScenes
     from icm_core.evaluate import evaluate
-    from icm_core.train import Trainer
 
     comp = ["model.compression=false"] if lmbda is None else [f"lmbda={lmbda}"]
     seeded = [f"train.seed={seed}"] if seed else []  # seed 0 keeps the key of earlier runs
     overrides = ["experiment=quick", f"task={task}", *ROWS[row], *comp, *seeded, *common]
-    key = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:10]
-    run = Path(root) / key
-    t = time.perf_counter()
-    cfg = load_config([*overrides, "data.workers=0", "data.val_length=2", f"out_dir={run}"])
-    if has_checkpoint(run) and not retrain and _same_run(load_config_file(
-            resolve_checkpoint_dir(run)), cfg):
-        model, _ = load_checkpoint(run)
-        trained = None
-    else:
-        trainer = Trainer(cfg, device="cpu")
-        trainer.fit(progress=False)
-        (run / "overrides.json").write_text(json.dumps(overrides))
-        model, trained = trainer.model, time.perf_counter() - t
+    model, trained, run = train_cached(overrides, root, retrain=retrain,
+                                       settings=("data.workers=0", "data.val_length=2"))
     info = model_info(overrides)
     test = SyntheticScenes(split, size=(test_size, test_size), tasks=[task], length=test_images)
     r = evaluate(model, test, task, per_image=False)
@@ -89,22 +72,6 @@ def _job(row: str, task: str, lmbda: float | None, seed: int, common: list[str],
             "trainable_percent": info["trainable_backbone_params"] / info["backbone_params"] * 100,
             "trainable_backbone_params": info["trainable_backbone_params"],
             "weights_source": info["weights_source"], "train_seconds": trained, "run": str(run)}
-
-
-def _same_run(saved, cfg) -> bool:
-    """Is a cached run what ``cfg`` would train now? Keys are the overrides, so a preset that
-    changed since (say a new ``train.backbone_lr``) must retrain. A setting that does not act on
-    the run (``backbone_lr`` outside full fine-tuning, the output folder) does not count."""
-    from omegaconf import OmegaConf
-
-    def effective(c) -> dict:
-        tree = OmegaConf.to_container(OmegaConf.structured(c))
-        tree.pop("out_dir", None)
-        if tree["adapter"]["mode"] != "full":
-            tree["train"].pop("backbone_lr", None)
-        return tree
-
-    return effective(saved) == effective(cfg)
 
 
 def _better(a: float, b: float, hib: bool) -> bool:

@@ -26,19 +26,18 @@ of 32 scenes takes about 1 (the whole run, not timed end to end, adds up to 25-3
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from scipy.stats import spearmanr
 
-from icm_core.checkpoint import has_checkpoint, load_checkpoint
+from icm_core.checkpoint import load_checkpoint
 from icm_core.codecs import get_codec
 from icm_core.compare import HeldOut, code_images, score
-from icm_core.config import load_config
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.evaluate import bd_rate
 from icm_core.io import write_text
@@ -48,7 +47,6 @@ from icm_core.preprocessor import (
     proxy_agreement,
     train_preprocessor,
 )
-from icm_core.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 TASK = "semseg"
@@ -84,18 +82,9 @@ def _baseline(args, log) -> torch.nn.Module:
     overrides = [f"task={TASK}", "model.compression=false", f"backbone={args.backbone}"]
     if args.baseline_steps:
         overrides.append(f"train.max_steps={args.baseline_steps}")
-    run = args.out / "ra_runs" / hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:10]
-    if has_checkpoint(run) and not args.retrain:
-        log(f"baseline: cached {run} ({' '.join(overrides)})")
-        return load_checkpoint(run)[0].eval()
-    cfg = load_config(["experiment=quick", "data.workers=0", "data.val_length=4", f"out_dir={run}",
-                       *overrides])
-    t = time.perf_counter()
-    trainer = Trainer(cfg, device="cpu")
-    trainer.fit(progress=False)
-    write_text(run / "overrides.json", json.dumps(overrides))
-    log(f"baseline: trained {run} in {time.perf_counter() - t:.0f} s ({' '.join(overrides)})")
-    return trainer.model.eval()
+    model = train_cached(overrides, args.out / "ra_runs", settings=QUICK_SETTINGS,
+                         retrain=args.retrain, log=log)[0]
+    return model.eval()
 
 
 def _curve(codec, model, images, targets, ladder: list[int]) -> list[dict]:
@@ -136,9 +125,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    log = timed_log()
 
     sizes, qualities = _ints(args.sizes), _ints(args.qualities)
     agreement = _agreement(sizes, args.agree_images, qualities, log)

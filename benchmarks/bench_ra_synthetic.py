@@ -15,7 +15,8 @@ The test split (``SyntheticScenes(split="test")``) holds scene seeds no training
 ``benchmarks/results/ra_synthetic.json`` and ``.csv`` (one row per point) and an HTML plot per
 task, and prints the BD-rate of the learned codec against the best classical pipeline (the
 Pareto envelope of every codec at every scale) and against each pipeline alone.
-Trained models are cached under ``benchmarks/results/ra_runs/`` (keyed by their overrides);
+Trained models are cached under ``benchmarks/results/ra_runs/`` (``benchmarks/_runs.py``:
+keyed by their overrides, retrained when the preset they resolve to has changed);
 ``--retrain`` ignores the cache. Defaults: 16 scenes at 256 px, 4 qualities per codec, 8
 trainings (2 tasks x (baseline + 3 lambdas)); 22 minutes measured on a shared, loaded 2-core
 machine (about 10 on an idle core), a rerun from the cache a few. ``--images 64 --ladder full
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import time
@@ -38,17 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from PIL import Image
 
-from icm_core.checkpoint import has_checkpoint, load_checkpoint
 from icm_core.codecs import available_codecs, code_at_scale, get_codec
-from icm_core.config import load_config
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.evaluate import bd_rate, evaluate, pareto_front
 from icm_core.io import write_text
 from icm_core.metrics import make_metric
 from icm_core.tasks import get_task
-from icm_core.train import Trainer
 from icm_core.viz import image_to_uint8, ra_figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,21 +57,7 @@ SMALL_LADDERS = {"jpeg": (1, 10, 30, 70), "webp": (0, 20, 50, 90), "avif": (0, 3
 
 def _train(overrides: list[str], root: Path, retrain: bool, log) -> torch.nn.Module:
     """Train the quick preset with ``overrides`` (or load the cached run trained with them)."""
-    key = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:10]
-    run = root / key
-    # the trainer's own final evaluation is not used here: keep it to a few images
-    cfg = load_config(["experiment=quick", "data.workers=0", "data.val_length=4", f"out_dir={run}",
-                       *overrides])
-    if has_checkpoint(run) and not retrain:
-        model, _ = load_checkpoint(run)
-        log(f"  cached {run.name}: {' '.join(overrides)}")
-        return model
-    t = time.perf_counter()
-    trainer = Trainer(cfg, device="cpu")
-    trainer.fit(progress=False)
-    write_text(run / "overrides.json", json.dumps(overrides))
-    log(f"  trained {run.name} in {time.perf_counter() - t:.0f} s: {' '.join(overrides)}")
-    return trainer.model
+    return train_cached(overrides, root, settings=QUICK_SETTINGS, retrain=retrain, log=log)[0]
 
 
 @torch.no_grad()
@@ -114,9 +98,7 @@ def main(argv=None) -> dict:
     from icm_core.demo import DEFAULT_LAMBDAS
 
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    log = timed_log()
 
     tasks = args.tasks.split(",")
     lambdas = [float(v) for v in args.lambdas.split(",")] if args.lambdas else list(DEFAULT_LAMBDAS)

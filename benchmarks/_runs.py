@@ -1,0 +1,87 @@
+"""What the benchmarks share: trainings cached by their overrides, and a timed log.
+
+A run is cached in ``root/<sha1 of the overrides>[:10]`` and reused only while the config the
+overrides resolve to today is the one it was trained with: a preset that changed since (a new
+``train.backbone_lr``, a new head learning rate) retrains instead of silently scoring a stale
+model. Settings that do not act on the run do not count (the output folder; ``backbone_lr``
+outside full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# bench_ra_synthetic and bench_preprocessor share their cache (results/ra_runs): the quick
+# preset with a few validation images (the trainer's own final evaluation is not used)
+QUICK_SETTINGS = ("experiment=quick", "data.workers=0", "data.val_length=4")
+
+
+def timed_log() -> Callable[[str], None]:
+    """A ``log(msg)`` that prefixes the seconds since it was made."""
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    return log
+
+
+def run_dir(root: Path | str, overrides: Sequence[str]) -> Path:
+    """The cache folder of the run ``overrides`` describe (the key earlier results used)."""
+    return Path(root) / hashlib.sha1(json.dumps(list(overrides)).encode()).hexdigest()[:10]
+
+
+def same_run(saved, cfg) -> bool:
+    """Would ``cfg`` train what the cached run with config ``saved`` was trained with?"""
+    from omegaconf import OmegaConf
+
+    def effective(c) -> dict:
+        tree = OmegaConf.to_container(OmegaConf.structured(c))
+        tree.pop("out_dir", None)
+        if tree["adapter"]["mode"] != "full":
+            tree["train"].pop("backbone_lr", None)
+        return tree
+
+    return effective(saved) == effective(cfg)
+
+
+def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequence[str] = (),
+                 retrain: bool = False, log: Callable[[str], None] | None = None):
+    """Train ``load_config([*settings, *overrides])`` on the CPU, or load the cached run.
+
+    ``overrides`` are the cache key; ``settings`` (loader workers, validation images) shape
+    the run's own bookkeeping and are not. Returns ``(model, seconds trained or None if
+    cached, run folder)``.
+    """
+    from icm_core.checkpoint import (
+        has_checkpoint,
+        load_checkpoint,
+        load_config_file,
+        resolve_checkpoint_dir,
+    )
+    from icm_core.config import load_config
+    from icm_core.io import write_text
+    from icm_core.train import Trainer
+
+    run = run_dir(root, overrides)
+    cfg = load_config([*settings, *overrides, f"out_dir={run}"])
+    what = " ".join(overrides)
+    if not retrain and has_checkpoint(run) and same_run(
+            load_config_file(resolve_checkpoint_dir(run)), cfg):
+        if log:
+            log(f"  cached {run.name}: {what}")
+        return load_checkpoint(run)[0], None, run
+    if log and has_checkpoint(run) and not retrain:
+        log(f"  {run.name} was trained with another config: retraining ({what})")
+    t = time.perf_counter()
+    trainer = Trainer(cfg, device="cpu")
+    trainer.fit(progress=False)
+    write_text(run / "overrides.json", json.dumps(list(overrides)))
+    seconds = time.perf_counter() - t
+    if log:
+        log(f"  trained {run.name} in {seconds:.0f} s: {what}")
+    return trainer.model, seconds, run
