@@ -131,6 +131,16 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
     assert (tmp_path / "lmbda-0.1" / "LATEST").is_file() and (tmp_path / "lmbda-1" / "LATEST").is_file()
 
 
+def test_demo_trains_the_tasks_own_ladder(tmp_path):
+    from icm_core.demo import TASK_LAMBDAS, run_demo
+
+    run_demo(tmp_path, steps=1, task="depth", val_images=1, size=32, progress=False)
+    runs = sorted(p.name for p in tmp_path.glob("lmbda-*"))
+    assert runs == sorted(f"lmbda-{lm:g}" for lm in TASK_LAMBDAS["depth"])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["task"] == "depth" and len(doc["results"]["RMSE"]) == 3
+
+
 def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
     """torchrun with 2 CPU processes (DDP, cross-process BN) = 1 process with the same global batch.
 
