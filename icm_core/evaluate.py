@@ -67,18 +67,21 @@ class EvalResult:
 def evaluate(model, dataset, task: str | None = None, *, max_images: int | None = None,
              real_bitstreams: bool = True, device: str | None = None, per_image: bool = True,
              progress: Callable[[int, int], None] | None = None,
-             cancel: threading.Event | None = None) -> EvalResult:
+             cancel: threading.Event | None = None,
+             metric_options: dict | None = None) -> EvalResult:
     """Score ``task`` on ``dataset``; with compression, through real encode -> bytes -> decode.
 
     Args:
         per_image: also score each image alone (``EvalResult.records[i].metric``).
+        metric_options: passed to ``make_metric`` (e.g. ``{"n_thresholds": 19}`` for odsF).
         progress: called as ``progress(done, total)`` after each image.
         cancel: when set, stop after the current image; the result says ``cancelled``.
     """
     task = get_task(task or model.tasks[0]).name
     spec = get_task(task)
     device = device or str(model.device)
-    metric = make_metric(task, dataset=model.dataset)
+    options = dict(metric_options or {})
+    metric = make_metric(task, dataset=model.dataset, **options)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     comp, real = model.compression, model.compression and real_bitstreams
     records: list[ImageRecord] = []
@@ -100,7 +103,7 @@ def evaluate(model, dataset, task: str | None = None, *, max_images: int | None 
         metric.update(pred, target)
         score = None
         if per_image:
-            alone = make_metric(task, dataset=model.dataset)
+            alone = make_metric(task, dataset=model.dataset, **options)
             alone.update(pred, target)
             score = alone.compute()
         records.append(ImageRecord(i, int(H), int(W), nbytes, est, score))

@@ -123,7 +123,10 @@ class NormalsMeanError:
 def _thresholds(n: int) -> np.ndarray:
     """``n`` evenly spaced thresholds k / (n + 1), k = 1..n: 19 give InvPT's 0.05, ..., 0.95,
     99 give the BSDS benchmark's 0.01, ..., 0.99."""
-    return np.arange(1, n + 1) / (n + 1)
+    if int(n) != n or n < 1:
+        raise ConfigError(f"n_thresholds={n}: give a whole number of thresholds >= 1 (19 for "
+                          "0.05 steps, 99 for 0.01)")
+    return np.arange(1, int(n) + 1) / (int(n) + 1)
 
 
 class SaliencyMaxF:

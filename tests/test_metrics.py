@@ -110,6 +110,22 @@ def test_odsf_ignores_255():
     assert m.compute() == pytest.approx(100.0)
 
 
+def test_odsf_at_19_thresholds_is_the_99_threshold_count_at_every_fifth():
+    """The benchmarks' fast odsF (19 thresholds, 0.05 steps) counts exactly what the BSDS 99
+    count at 0.05, 0.10, ..., 0.95, so it is the 99-threshold F maximised over that subset."""
+    g = torch.Generator().manual_seed(3)
+    gt = _line(64, 30)
+    gt[0, 0, 10:50, 20] = 1.0
+    pred = (0.6 * gt + 0.5 * torch.rand(gt.shape, generator=g)).clamp(0, 1)
+    m99, m19 = make_metric("boundary", n_thresholds=99), make_metric("boundary", n_thresholds=19)
+    m99.update(pred, gt)
+    m19.update(pred, gt)
+    assert (m19.counts == m99.counts[4::5]).all()
+    assert m19.compute() <= m99.compute()
+    with pytest.raises(ConfigError, match="n_thresholds"):
+        make_metric("boundary", n_thresholds=0)
+
+
 @pytest.mark.parametrize("task", ["semseg", "depth", "normals", "saliency", "boundary"])
 def test_dataset_metrics_do_not_depend_on_image_order(task):
     g = torch.Generator().manual_seed(1)
