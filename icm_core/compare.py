@@ -14,8 +14,9 @@ baseline for machine tasks; leaving it out would flatter the learned codec.
 
 - ``<method>-<task>.json`` per method (CompressAI layout plus ``task``, ``metric``,
   ``higher_is_better``, ``uncompressed``, ``points``; :func:`load_results` reads it back);
-- ``bd_rate.csv``: every method against every anchor (each classical pipeline and
-  ``best-classical``, the Pareto envelope of every classical point);
+- ``bd_rate.csv``: every method against every anchor: each classical pipeline,
+  ``best-classical`` (the Pareto envelope of every classical point), and with a
+  pre-processor each ``preproc+<codec>`` pipeline and ``best-preproc`` (their envelope);
 - ``ra-<task>.html`` (plotly; ``.png`` too when kaleido is installed);
 - ``complexity.csv`` / ``.json``: parameters, trainable %, FLOPs, measured times.
 """
@@ -44,6 +45,7 @@ SMALL_LADDERS = {"jpeg": (1, 10, 30, 70), "webp": (0, 20, 50, 90), "avif": (0, 3
 DEFAULT_CODECS = ("jpeg", "webp", "avif", "hevc")
 DEFAULT_SCALES = (1.0, 0.5, 0.25)
 ENVELOPE = "best-classical"
+PREPROC_ENVELOPE = "best-preproc"
 CODEC_FLOPS_NOTE = "classical codec FLOPs: not applicable (library code, not counted)"
 
 
@@ -191,14 +193,15 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model, task: str, images: Sequence, targets: Sequence[torch.Tensor]
-          ) -> tuple[float, list[float]]:
+def score(model, task: str, images: Sequence, targets: Sequence[torch.Tensor],
+          metric_options: dict | None = None) -> tuple[float, list[float]]:
     """Dataset-level metric of an uncompressed model on ``images`` (PIL or (3, H, W) tensors),
     as ``evaluate`` computes it, and the measured seconds of each forward."""
     from icm_core.metrics import make_metric
     from icm_core.tasks import get_task
 
-    spec, metric, times = get_task(task), make_metric(task, dataset=model.dataset), []
+    metric = make_metric(task, dataset=model.dataset, **(metric_options or {}))
+    spec, times = get_task(task), []
     for x, t in zip(images, targets, strict=True):
         x = _to_tensor(x) if isinstance(x, Image.Image) else x
         start = time.perf_counter()
@@ -413,27 +416,30 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
     return result
 
 
-def envelope(curves: Sequence[Curve], description: str = "") -> Curve | None:
+def envelope(curves: Sequence[Curve], description: str = "", kind: str = "classical",
+             name: str = ENVELOPE) -> Curve | None:
     """``best-classical``: the Pareto front of every classical point of one task (any codec,
-    any scale), i.e. the best classical pipeline at each rate; None without classical curves."""
+    any scale), i.e. the best classical pipeline at each rate; None without classical curves.
+    ``kind="preproc", name=PREPROC_ENVELOPE``: the same over the pre-processor pipelines."""
     from icm_core.evaluate import pareto_front
 
-    classical = [c for c in curves if c.kind == "classical"]
-    if not classical:
+    members = [c for c in curves if c.kind == kind]
+    if not members:
         return None
-    c0 = classical[0]
-    rates, values = pareto_front([b for c in classical for b in c.bpp],
-                                 [v for c in classical for v in c.values], c0.higher_is_better)
-    return Curve(ENVELOPE, c0.task, c0.metric, c0.higher_is_better, rates, values, "envelope",
+    c0 = members[0]
+    rates, values = pareto_front([b for c in members for b in c.bpp],
+                                 [v for c in members for v in c.values], c0.higher_is_better)
+    return Curve(name, c0.task, c0.metric, c0.higher_is_better, rates, values, "envelope",
                  description, c0.uncompressed)
 
 
 def bd_rows_of(curves: Sequence[Curve]) -> list[dict]:
-    """BD-rate of every method of one task against every anchor (each classical pipeline and
-    the envelope): rows of ``bd_rate.csv``; a method is not compared with itself."""
+    """BD-rate of every method of one task against every anchor (each classical and
+    pre-processor pipeline and the envelopes): rows of ``bd_rate.csv``; a method is not
+    compared with itself."""
     from icm_core.evaluate import bd_rate
 
-    anchors = [c for c in curves if c.kind in ("classical", "envelope")]
+    anchors = [c for c in curves if c.kind in ("classical", "preproc", "envelope")]
     rows = []
     for m in curves:
         for a in anchors:
@@ -447,7 +453,8 @@ def bd_rows_of(curves: Sequence[Curve]) -> list[dict]:
     return rows
 
 
-def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log):
+def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log,
+                    options: dict):
     """(task, [Curve], [Complexity]) of the learned codec: one curve per configuration name,
     one point per run, scored through real streams."""
     from icm_core.evaluate import evaluate
@@ -465,7 +472,8 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
                 continue
             pts = []
             for r, m in rows:
-                res = evaluate(m, ds, task, per_image=False)
+                res = evaluate(m, ds, task, per_image=False,
+                               metric_options=options.get(task))
                 pts.append((res, r, m))
             spec = get_task(task)
             m0 = rows[0][1]
@@ -483,7 +491,7 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
 
 
 def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds: HeldOut,
-                     refs: dict, where: str, flops: bool, log):
+                     refs: dict, where: str, flops: bool, log, options: dict):
     """(task, [Curve], [Complexity]) of every classical and pre-processor pipeline (codec at
     one scale), each point scored by the task's uncompressed baseline."""
     from icm_core.tasks import get_task
@@ -508,7 +516,7 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
                     enc_all += [a + b for a, b in zip(pre_s, enc)]
                     for task in tasks_here:
                         value, net = score(base[task][0], task, decoded,
-                                           [x[task] for x in ds.samples])
+                                           [x[task] for x in ds.samples], options.get(task))
                         pts[task].append((q, rate, value))
                         dec_all[task] += [a + b for a, b in zip(dec, net)]
                 name = _pipeline(codec.name, s, prefix)
@@ -534,7 +542,8 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
             codecs: Sequence[str] | None = None, scales: Sequence[float] = DEFAULT_SCALES,
             ladder: str = "small", preprocessor: str = "none", preprocessor_config=None,
             images: int = 16, size: int = 256, out: str | Path = "compare_out",
-            flops: bool = True, log: Callable[[str], None] = print) -> Comparison:
+            flops: bool = True, log: Callable[[str], None] = print,
+            metric_options: dict[str, dict] | None = None) -> Comparison:
     """Score every method on the same held-out scenes and write the files listed above.
 
     Args:
@@ -550,6 +559,8 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
         images, size: the first ``images`` test scenes, ``size`` x ``size`` pixels.
         flops: count FLOPs for the complexity table (a few forward passes).
         log: where progress and skipped pipelines are reported.
+        metric_options: per task, options of its metric for every method alike (e.g.
+            ``{"boundary": {"n_thresholds": 19}}``; ``make_metric``).
     """
     from icm_core.codecs import scaled_size
     from icm_core.tasks import get_task
@@ -599,14 +610,16 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
     curves: dict[str, list[Curve]] = {t: [] for t in tasks}
     cplx: list[Complexity] = []
     refs: dict[str, float] = {}
+    options = {get_task(t).name: dict(o) for t, o in (metric_options or {}).items()}
     for task, (model, _) in base.items():
         refs[task], _ = score(model, task, [s["image"] for s in ds.samples],
-                              [s[task] for s in ds.samples])
+                              [s[task] for s in ds.samples], options.get(task))
         log(f"{task}: uncompressed baseline {get_task(task).metric} = {refs[task]:.4f}")
 
-    for task, curves_, cplx_ in (*_learned_curves(learned, tasks, ds, refs, where, flops, log),
+    for task, curves_, cplx_ in (*_learned_curves(learned, tasks, ds, refs, where, flops, log,
+                                                  options),
                                  *_pipeline_curves(codec_objs, scales, ladder, base, pps, ds,
-                                                   refs, where, flops, log)):
+                                                   refs, where, flops, log, options)):
         curves[task] += curves_
         cplx += cplx_
 
@@ -616,15 +629,22 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
                        f"any scale) + baseline, {where}")
         if env is not None:
             curves[task].append(env)
+            pp_env = envelope(curves[task], f"Pareto envelope of every pre-processor + codec "
+                              f"pipeline (any codec, any scale) + baseline, {where}", "preproc",
+                              PREPROC_ENVELOPE)
+            if pp_env is not None:
+                curves[task].append(pp_env)
             bd_rows += bd_rows_of(curves[task])
     result = Comparison(curves, bd_rows, cplx, skipped, out)
     _write(result, where, log)
     for task in tasks:
         for row in bd_rows:
-            if row["task"] == task and row["anchor"] == ENVELOPE and row["method"].startswith(
-                    ("learned", "preproc+")):
+            if row["task"] == task and (
+                    (row["anchor"] == ENVELOPE and row["method"].startswith(
+                        ("learned", "preproc+", PREPROC_ENVELOPE)))
+                    or (row["anchor"] == PREPROC_ENVELOPE and row["method"].startswith("learned"))):
                 v = row["bd_rate_percent"]
-                log(f"{task}: BD-rate of {row['method']} vs {ENVELOPE}: "
+                log(f"{task}: BD-rate of {row['method']} vs {row['anchor']}: "
                     f"{'n/a (' + row['reason'] + ')' if v is None else f'{v:+.1f} %'}")
     return result
 
@@ -707,7 +727,7 @@ def figure(curves: list[Curve], title: str = ""):
     for trace in fig.data:
         if trace.name.startswith("learned"):
             trace.update(line={"width": 4})
-        elif trace.name == ENVELOPE:
+        elif trace.name in (ENVELOPE, PREPROC_ENVELOPE):
             trace.update(line={"width": 6}, opacity=0.35)
         elif "@" in trace.name or trace.name.startswith("preproc+"):
             trace.update(line={"dash": "dash" if "@" in trace.name else "dashdot"})
@@ -749,4 +769,4 @@ def bd_table(result: Comparison, anchor: str = ENVELOPE) -> list[dict]:
 __all__ = ["Curve", "Comparison", "Complexity", "compare", "load_results", "find_runs",
            "model_flops", "model_parameters", "code_images", "score", "figure", "bd_table",
            "envelope", "bd_rows_of",
-           "HeldOut", "SMALL_LADDERS", "ENVELOPE"]
+           "HeldOut", "SMALL_LADDERS", "ENVELOPE", "PREPROC_ENVELOPE"]

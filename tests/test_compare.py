@@ -14,6 +14,7 @@ from icm_core.cli import main
 from icm_core.codecs import available_codecs
 from icm_core.compare import (
     ENVELOPE,
+    PREPROC_ENVELOPE,
     SMALL_LADDERS,
     Curve,
     bd_rows_of,
@@ -68,7 +69,7 @@ def test_files_and_compressai_layout(setup):
     root, result, logs = setup
     out = root / "out"
     preproc = [f"preproc+{m}" for m in CLASSICAL]
-    for name in ["learned", *CLASSICAL, *preproc, ENVELOPE]:
+    for name in ["learned", *CLASSICAL, *preproc, ENVELOPE, PREPROC_ENVELOPE]:
         doc = json.loads((out / f"{name}-depth.json").read_text())
         assert doc["name"] == name and doc["task"] == "depth" and doc["metric"] == "RMSE"
         assert doc["higher_is_better"] is False and set(doc["results"]) == {"bpp", "RMSE"}
@@ -111,7 +112,7 @@ def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
     assert list(rows[0]) == ["task", "method", "anchor", "bd_rate_percent", "metric_lo",
                              "metric_hi", "reason"]
     methods = {c.name for c in result.curves["depth"]}
-    anchors = {*CLASSICAL, ENVELOPE}
+    anchors = {*CLASSICAL, ENVELOPE, *(f"preproc+{m}" for m in CLASSICAL), PREPROC_ENVELOPE}
     pairs = {(r["method"], r["anchor"]) for r in rows}
     assert pairs == {(m, a) for m in methods for a in anchors if m != a}
     assert len(rows) == len(pairs) and {r["task"] for r in rows} == {"depth"}
@@ -129,6 +130,12 @@ def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
         assert not any(b2 <= b and v2 < v for b2, v2 in pts)  # RMSE: lower is better
     front = [p for p in pts if not any(q[0] <= p[0] and q[1] < p[1] for q in pts)]
     assert min(env.bpp) == min(b for b, _ in front)
+    # best-preproc is the same envelope over the pre-processor pipelines only
+    pp_pts = {(b, v) for n in CLASSICAL for b, v in zip(result.curve("depth", f"preproc+{n}").bpp,
+                                                         result.curve("depth", f"preproc+{n}").values)}
+    pp_env = result.curve("depth", PREPROC_ENVELOPE)
+    assert set(zip(pp_env.bpp, pp_env.values)) <= pp_pts
+    assert pp_env.kind == "envelope" and pp_env.bpp
 
 
 def test_bd_rows_on_constructed_curves():
@@ -146,6 +153,14 @@ def test_bd_rows_on_constructed_curves():
         (0.55, 0.9)
     assert ("learned", "learned") not in rows and ("jpeg", "learned") not in rows
     assert envelope([learned]) is None
+    # the pre-processor is an anchor too: the learned codec against it, and its own envelope
+    pp = Curve("preproc+jpeg", "depth", "RMSE", False, [0.8 * x for x in bpp], rmse, "preproc")
+    pp_env = envelope([a, pp, learned], kind="preproc", name=PREPROC_ENVELOPE)
+    assert (pp_env.name, pp_env.bpp) == (PREPROC_ENVELOPE, pp.bpp)
+    rows = {(r["method"], r["anchor"]): r for r in bd_rows_of([a, pp, learned, env, pp_env])}
+    assert rows[("learned", "preproc+jpeg")]["bd_rate_percent"] == pytest.approx(-37.5, abs=1e-6)
+    assert rows[("learned", PREPROC_ENVELOPE)]["bd_rate_percent"] == pytest.approx(-37.5, abs=1e-6)
+    assert rows[("preproc+jpeg", ENVELOPE)]["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6)
 
 
 def test_complexity_table_is_measured(setup):
