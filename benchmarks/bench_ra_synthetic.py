@@ -2,7 +2,8 @@
 
 Issue 10. For each task (semseg, depth by default):
 
-- the learned codec: the quick preset trained at each of its lambdas, evaluated through real
+- the learned codec: the quick preset trained at each lambda of the task's ladder
+  (``icm_core.demo.TASK_LAMBDAS``; ``--lambdas`` for another), evaluated through real
   bitstreams (``icm_core.evaluate.evaluate``: encode -> bytes -> decode);
 - "Codec + Baseline": every image coded by JPEG, WebP, AVIF and HEVC at several qualities and
   at full, 1/2 and 1/4 resolution (downscale, code, upscale back: ``codecs.code_at_scale``),
@@ -20,9 +21,10 @@ keyed by their overrides, retrained when the preset they resolve to has changed)
 ``--retrain`` ignores the cache. Defaults: 16 scenes at 256 px, 4 qualities per codec, 8
 trainings (2 tasks x (baseline + 3 lambdas)); 22 minutes measured on a shared, loaded 2-core
 machine (about 10 on an idle core), a rerun from the cache a few. ``--images 64 --ladder full
---steps 600`` is a bigger run. ``--tasks`` takes any of the six tasks; boundary's odsF
-(99 thresholds, pixel matching) is slow at 256 px: scoring its 48 classical points on 16 scenes
-had not finished after 37 minutes on this 2-core machine.
+--steps 600`` is a bigger run. ``--tasks`` takes any of the six tasks. Boundary's odsF is
+scored at 19 thresholds for every point (``--boundary-thresholds``; the metric's 99 cost ~5x:
+48 classical points on 16 scenes had not finished after 37 minutes); at 19 they took 24
+minutes on the loaded machine (thinning dominates).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ra_synthetic.py
 """
