@@ -25,6 +25,8 @@ from icm_core.compare import (
 )
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.errors import ConfigError
+from icm_core.metrics import make_metric
+from icm_core.models.icm import build_model
 from icm_core.preprocessor import PreprocessorConfig, load_preprocessor
 from icm_core.train import Trainer
 from tests.helpers import tiny_config
@@ -254,3 +256,35 @@ def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
         load_results(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="cannot read"):
         load_results(tmp_path / "missing.json")
+
+
+def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
+    """``--boundary-thresholds`` becomes one metric option for boundary, used by the learned
+    codec (``evaluate``), the baselines and every pipeline (``score``) alike."""
+    import icm_core.compare as cmp
+
+    seen = {}
+    monkeypatch.setattr(cmp, "compare", lambda *a, **k: seen.update(k) or
+                        cmp.Comparison({}, [], [], [], tmp_path))
+    assert main(["compare", str(tmp_path), "--boundary-thresholds", "19"]) == 0
+    assert seen["metric_options"] == {"boundary": {"n_thresholds": 19}}
+    assert main(["compare", str(tmp_path)]) == 0
+    assert seen["metric_options"] is None  # the metric's own 99
+    # score (baselines, pipelines) and evaluate (the learned codec) build their metric with it
+    import icm_core.evaluate as ev
+    import icm_core.metrics as metrics
+
+    made = []
+
+    def spy(task, **kw):
+        made.append(kw.get("n_thresholds"))
+        return make_metric(task, **kw)
+
+    monkeypatch.setattr(metrics, "make_metric", spy)
+    monkeypatch.setattr(ev, "make_metric", spy)
+    model = build_model(tiny_config("tasks=[boundary]")).eval()
+    ds = SyntheticScenes("test", size=(48, 48), tasks=["boundary"], length=2)
+    cmp.score(model, "boundary", [ds[i]["image"] for i in range(2)],
+              [ds[i]["boundary"] for i in range(2)], {"n_thresholds": 19})
+    ev.evaluate(model, ds, "boundary", metric_options={"n_thresholds": 19})
+    assert made and set(made) == {19}, made
