@@ -718,19 +718,32 @@ def _csv(rows: list[dict]) -> str:
 BD_COLUMNS = ("task", "method", "anchor", "bd_rate_percent", "metric_lo", "metric_hi", "reason")
 
 
+ENVELOPE_COLOURS = {ENVELOPE: "#555555", PREPROC_ENVELOPE: "#d62728"}
+MAX_SHOWN = 8  # more curves than this: single pipelines start hidden (click the legend)
+
+
 def figure(curves: list[Curve], title: str = ""):
-    """The plotly RA figure of one task: every method, the uncompressed baseline dotted."""
+    """The plotly RA figure of one task: every method, the uncompressed baseline dotted.
+
+    With more than ``MAX_SHOWN`` curves (every codec at every scale, with and without the
+    pre-processor: 26) the single pipelines start hidden, listed in the legend, and the
+    learned codec and the envelopes are what one sees."""
     from icm_core.viz import ra_figure
 
     c0 = curves[0]
     fig = ra_figure({c.name: (c.bpp, c.values) for c in curves}, c0.metric, title)
+    crowded = len(curves) > MAX_SHOWN
     for trace in fig.data:
         if trace.name.startswith("learned"):
             trace.update(line={"width": 4})
-        elif trace.name in (ENVELOPE, PREPROC_ENVELOPE):
-            trace.update(line={"width": 6}, opacity=0.35)
-        elif "@" in trace.name or trace.name.startswith("preproc+"):
-            trace.update(line={"dash": "dash" if "@" in trace.name else "dashdot"})
+        elif trace.name in ENVELOPE_COLOURS:
+            trace.update(line={"width": 6, "color": ENVELOPE_COLOURS[trace.name]}, opacity=0.45,
+                         marker={"color": ENVELOPE_COLOURS[trace.name]})
+        else:  # one classical or pre-processor pipeline
+            if "@" in trace.name or trace.name.startswith("preproc+"):
+                trace.update(line={"dash": "dash" if "@" in trace.name else "dashdot"})
+            if crowded:
+                trace.update(visible="legendonly")
     if c0.uncompressed is not None:
         fig.add_hline(y=c0.uncompressed, line_dash="dot",
                       annotation_text=f"uncompressed baseline ({c0.uncompressed:.3g})")

@@ -288,3 +288,18 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
               [ds[i]["boundary"] for i in range(2)], {"n_thresholds": 19})
     ev.evaluate(model, ds, "boundary", metric_options={"n_thresholds": 19})
     assert made and set(made) == {19}, made
+
+
+def test_crowded_figures_show_the_learned_codec_and_the_envelopes():
+    from icm_core.compare import MAX_SHOWN, figure
+
+    def curve(name, kind):
+        return Curve(name, "depth", "RMSE", False, [0.1, 0.2], [1.0, 0.9], kind)
+
+    few = [curve("learned", "learned"), curve("jpeg", "classical"), curve(ENVELOPE, "envelope")]
+    assert all(t.visible in (None, True) for t in figure(few).data)
+    many = [curve("learned", "learned"), curve(ENVELOPE, "envelope"),
+            curve(PREPROC_ENVELOPE, "envelope")]
+    many += [curve(f"jpeg@{i}", "classical") for i in range(MAX_SHOWN)]
+    shown = {t.name for t in figure(many).data if t.visible in (None, True)}
+    assert shown == {"learned", ENVELOPE, PREPROC_ENVELOPE}
