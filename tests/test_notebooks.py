@@ -24,7 +24,11 @@ def quick(nb):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, tmp_path):
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    # one intra-op thread for the kernel (it inherits the environment): the QUICK models are
+    # tiny, and two threads fighting another process for 2 cores made a notebook 5x slower
+    # (05: 23 s alone, 118 s beside a benchmark)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = quick(nbformat.read(path, as_version=4))
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
