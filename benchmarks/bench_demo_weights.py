@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from icm_core.demo import DEFAULT_LAMBDAS, DEFAULT_STEPS, run_demo
+from icm_core.demo import DEFAULT_STEPS, default_lambdas, run_demo
 from icm_core.io import write_text
 from icm_core.viz import ra_figure
 
@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    curves, doc = {}, {"steps": args.steps, "task": args.task, "lambdas": list(DEFAULT_LAMBDAS)}
+    curves, doc = {}, {"steps": args.steps, "task": args.task, "lambdas": list(default_lambdas(args.task))}
     for name, override in WEIGHTS.items():
         t = time.perf_counter()
         run_demo(args.out / name, steps=args.steps, task=args.task, extra_overrides=[override],

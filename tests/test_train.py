@@ -119,8 +119,10 @@ def test_hydra_multirun_sweeps_into_one_folder_per_job(tmp_path):
 def test_demo_writes_report_results_and_checkpoints(tmp_path):
     from icm_core.demo import run_demo
 
-    report = run_demo(tmp_path, steps=3, lambdas=(0.1, 1.0), val_images=2, size=64, progress=False)
+    report = run_demo(tmp_path, steps=3, lambdas=(0.1, 1.0), val_images=2, size=64, progress=False,
+                      eval_size=96)
     page = report.read_text()
+    assert "scenes at 64 px, 2 val images at 96 px" in page  # trained small, evaluated larger
     # the demo's default backbone is the shipped synthetic-pretrained one, and the report says so
     assert "plotly" in page and "data:image/png;base64," in page
     assert "pretrained on synthetic scenes" in page and "not ImageNet" in page
@@ -134,7 +136,7 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
 def test_demo_trains_the_tasks_own_ladder(tmp_path):
     from icm_core.demo import TASK_LAMBDAS, run_demo
 
-    run_demo(tmp_path, steps=1, task="depth", val_images=1, size=32, progress=False)
+    run_demo(tmp_path, steps=1, task="depth", val_images=1, size=32, progress=False, eval_size=None)
     runs = sorted(p.name for p in tmp_path.glob("lmbda-*"))
     assert runs == sorted(f"lmbda-{lm:g}" for lm in TASK_LAMBDAS["depth"])
     doc = json.loads((tmp_path / "results.json").read_text())
