@@ -38,16 +38,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from PIL import Image
 
 from icm_core.codecs import available_codecs, code_at_scale, get_codec
+from icm_core.compare import score  # the baseline's metric on decoded images, as icm compare
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.evaluate import bd_rate, evaluate, pareto_front
 from icm_core.io import write_text
-from icm_core.metrics import make_metric
 from icm_core.tasks import get_task
 from icm_core.viz import image_to_uint8, ra_figure
 
@@ -66,22 +65,6 @@ def _metric_options(task: str, boundary_thresholds: int) -> dict:
     """odsF at fewer thresholds (a subset of the default 99: k/20 of k/100), the same for every
     point of the benchmark; the other metrics as ``evaluate`` computes them."""
     return {"n_thresholds": boundary_thresholds} if get_task(task).name == "boundary" else {}
-
-
-@torch.no_grad()
-def _score(model, task: str, images: list[torch.Tensor], targets: list[torch.Tensor],
-           options: dict) -> float:
-    """The task metric over ``images`` (dataset-level, as ``evaluate``) through an uncompressed
-    model."""
-    spec, metric = get_task(task), make_metric(task, dataset="synthetic", **options)
-    for x, t in zip(images, targets):
-        pred = model.predict(x.unsqueeze(0), task=task).prediction
-        metric.update(spec.activate(pred.float()), t.unsqueeze(0))
-    return float(metric.compute())
-
-
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def main(argv=None) -> dict:
@@ -134,7 +117,7 @@ def main(argv=None) -> dict:
     samples = [test[i] for i in range(args.images)]
     pils = [Image.fromarray(image_to_uint8(s["image"])) for s in samples]
     pixels = args.size * args.size * args.images
-    coded: dict[tuple[str, int, float], tuple[float, list[torch.Tensor]]] = {}
+    coded: dict[tuple[str, int, float], tuple[float, list[Image.Image]]] = {}
     for codec in codecs:
         qs = codec.qualities if args.ladder == "full" else SMALL_LADDERS.get(codec.name,
                                                                                  codec.qualities)
@@ -142,7 +125,7 @@ def main(argv=None) -> dict:
             for q in qs:
                 pts = [code_at_scale(codec, im, q, s) for im in pils]
                 bits = sum(8 * len(c.data) for c in pts)
-                coded[(codec.name, q, s)] = (bits / pixels, [_to_tensor(c.decoded) for c in pts])
+                coded[(codec.name, q, s)] = (bits / pixels, [c.decoded for c in pts])
         log(f"coded {args.images} images with {codec.name} at {len(qs)} qualities x {len(scales)} scales")
 
     rows: list[dict] = []
@@ -159,13 +142,13 @@ def main(argv=None) -> dict:
         root = args.out / "ra_runs"
         base = _train([f"task={task}", "model.compression=false", *common], root, args.retrain, log)
         base.eval()
-        ref = _score(base, task, images, targets, options)
+        ref = score(base, task, images, targets, options)[0]
         rows.append({"task": task, "system": "uncompressed", "codec": "none", "scale": 1.0,
                      "quality": None, "lmbda": None, "bpp": None, "value": ref})
         for (name, q, s), (rate, decoded) in coded.items():
             rows.append({"task": task, "system": f"{name}@{s:g}", "codec": name, "scale": s,
                          "quality": q, "lmbda": None, "bpp": rate,
-                         "value": _score(base, task, decoded, targets, options)})
+                         "value": score(base, task, decoded, targets, options)[0]})
         log(f"{task}: {len(coded)} classical points scored")
         for lm in lambdas:
             model = _train([f"task={task}", f"lmbda={lm}", *common], root, args.retrain, log)

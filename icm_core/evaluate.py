@@ -80,7 +80,7 @@ def evaluate(model, dataset, task: str | None = None, *, max_images: int | None 
     task = get_task(task or model.tasks[0]).name
     spec = get_task(task)
     device = device or str(model.device)
-    options = dict(metric_options or {})
+    options = metric_options or {}
     metric = make_metric(task, dataset=model.dataset, **options)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     comp, real = model.compression, model.compression and real_bitstreams
