@@ -57,15 +57,15 @@ def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequen
     the run's own bookkeeping and are not. Returns ``(model, seconds trained or None if
     cached, run folder)``.
     """
-    from icm_core.checkpoint import (
+    from icm_core.config import load_config
+    from icm_core.files import write_text
+    from icm_core.training.checkpoint import (
         has_checkpoint,
         load_checkpoint,
         load_config_file,
         resolve_checkpoint_dir,
     )
-    from icm_core.config import load_config
-    from icm_core.io import write_text
-    from icm_core.train import Trainer
+    from icm_core.training.trainer import Trainer
 
     run = run_dir(root, overrides)
     cfg = load_config([*settings, *overrides, f"out_dir={run}"])

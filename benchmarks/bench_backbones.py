@@ -55,9 +55,9 @@ def _job(row: str, task: str, lmbda: float | None, seed: int, common: list[str],
     torch.set_num_threads(1)
     from _runs import train_cached  # benchmarks/_runs.py (a spawned process keeps sys.path)
 
-    from icm_core.cli import model_info
     from icm_core.data.synthetic import SyntheticScenes
-    from icm_core.evaluate import evaluate
+    from icm_core.evaluation.cost import model_info
+    from icm_core.evaluation.evaluate import evaluate
 
     comp = ["model.compression=false"] if lmbda is None else [f"lmbda={lmbda}"]
     seeded = [f"train.seed={seed}"] if seed else []  # seed 0 keeps the key of earlier runs
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
            "verdict": verdict, "all_beat": not lost,
            "seconds": round(time.perf_counter() - t0, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    from icm_core.io import write_text
+    from icm_core.files import write_text
 
     write_text(args.out / f"{args.name}.json", json.dumps(doc, indent=2))
     buf = io.StringIO()

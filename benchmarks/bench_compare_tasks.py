@@ -4,9 +4,9 @@ Issue 12 ("BD-rate of the learned codec against the best classical pipeline + ba
 against the pre-processor, for every task"). Per task, with the quick preset:
 
 - the uncompressed baseline and the learned codec at the task's lambda ladder
-  (``icm_core.demo.TASK_LAMBDAS``), trained once and cached exactly as
+  (``icm_core.studies.demo.TASK_LAMBDAS``), trained once and cached exactly as
   ``bench_ra_synthetic.py`` caches them (``benchmarks/_runs.py``, ``results/ra_runs``);
-- ``icm_core.compare.compare`` on the same held-out test scenes: every classical codec at every
+- ``icm_core.studies.compare.compare`` on the same held-out test scenes: every classical codec at every
   scale of the resolution ladder + the baseline, and a pre-processor (Lu et al.) trained
   against each task's frozen baseline in front of every codec at every scale + the baseline.
 
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 
-from icm_core.compare import ENVELOPE, PREPROC_ENVELOPE, compare
-from icm_core.demo import default_lambdas
-from icm_core.io import write_text
-from icm_core.preprocessor import PreprocessorConfig
-from icm_core.tasks import get_task
+from icm_core.baselines.preprocessor import PreprocessorConfig
+from icm_core.files import write_text
+from icm_core.studies.compare import ENVELOPE, PREPROC_ENVELOPE, compare
+from icm_core.studies.demo import default_lambdas
+from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
 ALL_TASKS = "semseg,depth,normals,human_parts,saliency,boundary"

@@ -1,6 +1,6 @@
 """`icm demo` before and after: the same demo on random and on synthetic-pretrained weights.
 
-Issue 11. Runs ``icm_core.demo.run_demo`` (the demo's lambdas, steps and size) twice, with
+Issue 11. Runs ``icm_core.studies.demo.run_demo`` (the demo's lambdas, steps and size) twice, with
 ``backbone=tiny_random`` and ``backbone=tiny_synthetic``, and puts both real-bytes RA curves in
 one plot. Writes ``benchmarks/results/demo_weights/{random,synthetic}/`` (each a full demo
 folder with its report.html) and ``demo_weights.html`` / ``.json`` beside them.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from icm_core.demo import DEFAULT_STEPS, default_lambdas, run_demo
-from icm_core.io import write_text
-from icm_core.viz import ra_figure
+from icm_core.files import write_text
+from icm_core.studies.demo import DEFAULT_STEPS, default_lambdas, run_demo
+from icm_core.viz.images import ra_figure
 
 RESULTS = Path(__file__).parent / "results" / "demo_weights"
 WEIGHTS = {"random": "backbone=tiny_random", "synthetic": "backbone=tiny_synthetic"}

@@ -41,8 +41,10 @@ import numpy as np
 import torch
 from compressai.ans import RansEncoder
 
-from icm_core.bitstream import MAX_SIDE, BitstreamError, Packet, pack, unpack
+from icm_core.codec import coder
+from icm_core.codec.container import BitstreamError, Packet, pack, unpack
 from icm_core.config import load_config
+from icm_core.data.images import MAX_SIDE
 from icm_core.models import entropy
 from icm_core.models.icm import build_model
 
@@ -75,7 +77,7 @@ def _originals(model) -> list[bytes]:
     for task in model.tasks:
         for i, size in enumerate(SIZES):
             g = torch.Generator().manual_seed(i)
-            out.append(bytes(model.encode(torch.rand(1, 3, *size, generator=g), task=task)))
+            out.append(bytes(coder.encode(model, torch.rand(1, 3, *size, generator=g), task=task)))
     return out
 
 
@@ -146,7 +148,7 @@ def _read_streams(path: Path) -> list[bytes]:
 def _outcome(model, stream: bytes, origin: bytes, full: dict, log: list) -> list:
     log.clear()
     try:
-        out = model.decode(stream)
+        out = coder.decode(model, stream)
     except BitstreamError as e:
         return ["refused", str(e)]
     except Exception as e:  # noqa: BLE001 - counted
@@ -182,7 +184,7 @@ def worker(streams_file: str, meta_file: str, start: int, stop: int, unchecked: 
         p = unpack(data)
         padded = model.padded_size(p.height, p.width)
         whole = pack(Packet(p.task, p.fingerprint, *padded, p.sections))
-        full[(p.task, padded)] = model.decode(whole).prediction
+        full[(p.task, padded)] = coder.decode(model, whole).prediction
     streams = _read_streams(Path(streams_file))
     meta = json.loads(Path(meta_file).read_text())
     for i in range(start, stop):

@@ -1,7 +1,7 @@
 """The pre-processor baseline (Lu et al.): its JPEG proxy against real bytes, and pre-processor +
 JPEG against plain JPEG through the quick semseg baseline, on held-out synthetic scenes.
 
-1. Proxy agreement (``icm_core.preprocessor.proxy_agreement``): proxy bits against the real
+1. Proxy agreement (``icm_core.baselines.preprocessor.proxy_agreement``): proxy bits against the real
    JPEG file size of every (image, quality) pair, on ``SyntheticScenes("test")`` images at each
    size; Pearson, Spearman, median relative error, and the Spearman within single qualities
    (does the proxy rank images as JPEG does?).
@@ -11,7 +11,7 @@ JPEG against plain JPEG through the quick semseg baseline, on held-out synthetic
    lambda (frozen baseline, differentiable JPEG proxy), then on ``--sets`` disjoint sets of
    ``--images`` held-out test scenes: for every quality of the JPEG ladder the real bytes and
    the mIoU of plain JPEG and of pre-processor + JPEG at the same quality, and the BD-rate of
-   pre-processor + JPEG against plain JPEG (``icm_core.evaluate.bd_rate``, with the mIoU range
+   pre-processor + JPEG against plain JPEG (``icm_core.evaluation.evaluate.bd_rate``, with the mIoU range
    it averages over; "not comparable" where it returns none).
 
 Writes ``benchmarks/results/preprocessor.json`` (atomically). Defaults are the README's
@@ -35,18 +35,18 @@ import torch
 from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from scipy.stats import spearmanr
 
-from icm_core.checkpoint import load_checkpoint
-from icm_core.codecs import get_codec
-from icm_core.compare import HeldOut, code_images, score
-from icm_core.data.synthetic import SyntheticScenes
-from icm_core.evaluate import bd_rate
-from icm_core.io import write_text
-from icm_core.preprocessor import (
+from icm_core.baselines.classical import get_codec
+from icm_core.baselines.jpeg_proxy import proxy_agreement
+from icm_core.baselines.preprocessor import (
     PreprocessorConfig,
     apply_preprocessor,
-    proxy_agreement,
     train_preprocessor,
 )
+from icm_core.data.synthetic import SyntheticScenes
+from icm_core.evaluation.bdrate import bd_rate
+from icm_core.files import write_text
+from icm_core.studies.compare import HeldOut, code_images, score
+from icm_core.training.checkpoint import load_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 TASK = "semseg"

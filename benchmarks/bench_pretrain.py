@@ -19,7 +19,7 @@ import torch
 
 
 def measure(preset: str, threads: int, steps: int, scenes: int) -> dict:
-    from icm_core.pretrain import Pretrainer, load_pretrain_config
+    from icm_core.training.pretrain import Pretrainer, load_pretrain_config
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:
@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget", type=float, default=3600.0, help="seconds for the whole run")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
-    from icm_core.pretrain import load_pretrain_config
+    from icm_core.training.pretrain import load_pretrain_config
 
     full = load_pretrain_config([f"pretrain={args.preset}"])
     rows = [measure(args.preset, n, args.steps, args.scenes) for n in args.threads]

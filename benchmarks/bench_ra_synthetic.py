@@ -3,8 +3,8 @@
 Issue 10. For each task (semseg, depth by default):
 
 - the learned codec: the quick preset trained at each lambda of the task's ladder
-  (``icm_core.demo.TASK_LAMBDAS``; ``--lambdas`` for another), evaluated through real
-  bitstreams (``icm_core.evaluate.evaluate``: encode -> bytes -> decode);
+  (``icm_core.studies.demo.TASK_LAMBDAS``; ``--lambdas`` for another), evaluated through real
+  bitstreams (``icm_core.evaluation.evaluate.evaluate``: encode -> bytes -> decode);
 - "Codec + Baseline": every image coded by JPEG, WebP, AVIF and HEVC at several qualities and
   at full, 1/2 and 1/4 resolution (downscale, code, upscale back: ``codecs.code_at_scale``),
   the decoded image fed to an uncompressed model of the same training budget (the quick preset
@@ -42,13 +42,16 @@ import torch
 from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from PIL import Image
 
-from icm_core.codecs import available_codecs, code_at_scale, get_codec
-from icm_core.compare import score  # the baseline's metric on decoded images, as icm compare
+from icm_core.baselines.classical import available_codecs, code_at_scale, get_codec
 from icm_core.data.synthetic import SyntheticScenes
-from icm_core.evaluate import bd_rate, evaluate, pareto_front
-from icm_core.io import write_text
-from icm_core.tasks import get_task
-from icm_core.viz import image_to_uint8, ra_figure
+from icm_core.evaluation.bdrate import bd_rate, pareto_front
+from icm_core.evaluation.evaluate import evaluate
+from icm_core.files import write_text
+from icm_core.studies.compare import (
+    score,  # the baseline's metric on decoded images, as icm compare
+)
+from icm_core.tasks.registry import get_task
+from icm_core.viz.images import image_to_uint8, ra_figure
 
 RESULTS = Path(__file__).parent / "results"
 # a few qualities per codec, lowest first, spread over each ladder (--ladder full: all of them)
@@ -77,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="default: the quick preset's")
     p.add_argument("--lambdas", default=None,
                    help="comma list for every task (default: each task's demo ladder, "
-                   "icm_core.demo.TASK_LAMBDAS)")
+                   "icm_core.studies.demo.TASK_LAMBDAS)")
     p.add_argument("--backbone", default="tiny_synthetic",
                    help="backbone preset of every training (part of the cache key): tiny_synthetic "
                         "(the shipped synthetic-pretrained weights) or tiny_random")
@@ -92,7 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from icm_core.demo import default_lambdas
+    from icm_core.studies.demo import default_lambdas
 
     t0 = time.perf_counter()
     log = timed_log()

@@ -17,7 +17,7 @@ import torch
 
 from icm_core.config import load_config
 from icm_core.models.icm import build_model, serialized_size
-from icm_core.tasks import TASKS
+from icm_core.tasks.registry import TASKS
 
 MODES = {"full": ["adapter=full"], "dora_r8_qkv": ["adapter=dora_r8_qkv"],
          "lora_r16_qv": ["adapter=lora_r16_qv"], "fixed": ["adapter=fixed"]}

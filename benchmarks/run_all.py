@@ -12,7 +12,7 @@ import bench_decoder_flops  # noqa: E402
 import bench_synthetic  # noqa: E402
 import bench_training_cost  # noqa: E402
 
-from icm_core.io import write_text  # noqa: E402
+from icm_core.files import write_text  # noqa: E402
 
 if __name__ == "__main__":
     out = Path(__file__).parent / "results"

@@ -14,8 +14,8 @@ def trivial_scores(train_set, val_set, task, n_train=32):
     """Metric of the best constant predictor (majority class / mean value) on ``val_set``."""
     import torch
 
-    from icm_core.metrics import make_metric
-    from icm_core.tasks import TASKS
+    from icm_core.tasks.metrics import make_metric
+    from icm_core.tasks.registry import TASKS
 
     tr = torch.stack([train_set[i][task] for i in range(n_train)])
     val = [val_set[i][task] for i in range(len(val_set))]

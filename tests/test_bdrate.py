@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from icm_core.evaluate import bd_rate, pareto_front
+from icm_core.evaluation.bdrate import bd_rate, pareto_front
 
 BPP = [0.1, 0.2, 0.4, 0.8]
 ACC = [30.0, 40.0, 48.0, 54.0]

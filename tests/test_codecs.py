@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icm_core import codecs
-from icm_core.codecs import (
+from icm_core.baselines import classical as codecs
+from icm_core.baselines.classical import (
     CodecError,
     CodecUnavailableError,
     bpp,

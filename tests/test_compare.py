@@ -10,9 +10,13 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from icm_core.cli import main
-from icm_core.codecs import available_codecs
-from icm_core.compare import (
+from icm_core.baselines.classical import available_codecs
+from icm_core.baselines.preprocessor import PreprocessorConfig, load_preprocessor
+from icm_core.cli.main import main
+from icm_core.data.synthetic import SyntheticScenes
+from icm_core.errors import ConfigError
+from icm_core.models.icm import build_model
+from icm_core.studies.compare import (
     ENVELOPE,
     PREPROC_ENVELOPE,
     SMALL_LADDERS,
@@ -23,12 +27,8 @@ from icm_core.compare import (
     load_results,
     model_flops,
 )
-from icm_core.data.synthetic import SyntheticScenes
-from icm_core.errors import ConfigError
-from icm_core.metrics import make_metric
-from icm_core.models.icm import build_model
-from icm_core.preprocessor import PreprocessorConfig, load_preprocessor
-from icm_core.train import Trainer
+from icm_core.tasks.metrics import make_metric
+from icm_core.training.trainer import Trainer
 from tests.helpers import tiny_config
 
 N, SIZE = 4, 64
@@ -192,7 +192,7 @@ def test_complexity_table_is_measured(setup):
 
 def test_model_flops_split_adds_up(setup):
     root, _, _ = setup
-    from icm_core.checkpoint import load_checkpoint
+    from icm_core.training.checkpoint import load_checkpoint
 
     base, _ = load_checkpoint(root / "base")
     f = model_flops(base, "depth", SIZE)
@@ -239,7 +239,8 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
 
 
 def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
-    from icm_core.evaluate import EvalResult, compressai_json
+    from icm_core.evaluation.evaluate import EvalResult
+    from icm_core.evaluation.results import compressai_json
 
     rs = [EvalResult("depth", "RMSE", v, b, b, 8, False) for v, b in ((0.6, 0.2), (0.7, 0.1))]
     (tmp_path / "eval.json").write_text(json.dumps(compressai_json("run", "an icm eval file", rs)))
@@ -261,7 +262,7 @@ def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
 def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     """``--boundary-thresholds`` becomes one metric option for boundary, used by the learned
     codec (``evaluate``), the baselines and every pipeline (``score``) alike."""
-    import icm_core.compare as cmp
+    import icm_core.studies.compare as cmp
 
     seen = {}
     monkeypatch.setattr(cmp, "compare", lambda *a, **k: seen.update(k) or
@@ -271,8 +272,9 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     assert main(["compare", str(tmp_path)]) == 0
     assert seen["metric_options"] is None  # the metric's own 99
     # score (baselines, pipelines) and evaluate (the learned codec) build their metric with it
-    import icm_core.evaluate as ev
-    import icm_core.metrics as metrics
+    import icm_core.tasks.registry.metrics as metrics
+
+    import icm_core.evaluation.evaluate as ev
 
     made = []
 
@@ -291,7 +293,7 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
 
 
 def test_crowded_figures_show_the_learned_codec_and_the_envelopes():
-    from icm_core.compare import MAX_SHOWN, figure
+    from icm_core.studies.compare import MAX_SHOWN, figure
 
     def curve(name, kind):
         return Curve(name, "depth", "RMSE", False, [0.1, 0.2], [1.0, 0.9], kind)

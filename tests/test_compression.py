@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from icm_core import ICMError
-from icm_core.bitstream import MAGIC, BitstreamError, Packet, pack, unpack
-from icm_core.cli import main
+from icm_core.cli.main import main
+from icm_core.codec import coder
+from icm_core.codec.container import MAGIC, BitstreamError, Packet, pack, unpack
 from icm_core.models.entropy import DualSpatialEntropyModel, bits_of, checkerboard_masks
 from icm_core.models.icm import build_model
-from icm_core.train import Trainer
+from icm_core.training.trainer import Trainer
 
 from .helpers import tiny_config
 
@@ -29,14 +30,14 @@ def model():
 
 @pytest.fixture(scope="module")
 def stream(model):
-    return model.encode(torch.rand(1, 3, 64, 80), task="semseg")
+    return coder.encode(model, torch.rand(1, 3, 64, 80), task="semseg")
 
 
 @pytest.mark.parametrize("task,size", [("semseg", (64, 64)), ("depth", (97, 130)), ("normals", (128, 72))])
 def test_decode_of_encode_equals_the_quantized_forward(model, task, size):
     x = torch.rand(1, 3, *size)
-    data = model.encode(x, task=task)
-    out = model.decode(data)  # the stream names its task
+    data = coder.encode(model, x, task=task)
+    out = coder.decode(model, data)  # the stream names its task
     with torch.no_grad():
         ref = model(x, task=task)
     assert out.task == task
@@ -104,27 +105,27 @@ def test_tables_follow_the_weights_after_training(tmp_path):
     m = trainer.model
     m.eval()
     x = torch.rand(1, 3, 64, 64)
-    first = m.encode(x)
+    first = coder.encode(m, x)
     m.train()
     trainer.train_step(0)  # weights change: tables must be rebuilt, not reused
     m.eval()
-    data = m.encode(x)
+    data = coder.encode(m, x)
     with torch.no_grad():
-        assert torch.equal(m.decode(data).prediction, m(x).prediction)
+        assert torch.equal(coder.decode(m, data).prediction, m(x).prediction)
     with pytest.raises(BitstreamError, match="other weights"):
-        m.decode(first)
+        coder.decode(m, first)
 
 
 def test_errors_for_foreign_and_malformed_streams(model, stream):
     torch.manual_seed(5)
     other = build_model(tiny_config("tasks=[semseg,depth,normals]", "train.seed=5")).eval()
     with pytest.raises(BitstreamError, match="other weights"):
-        other.decode(stream)
+        coder.decode(other, stream)
     depth_only = build_model(tiny_config("task=depth")).eval()
     with pytest.raises(BitstreamError, match="task 'semseg'"):
-        depth_only.decode(stream)
+        coder.decode(depth_only, stream)
     with pytest.raises(BitstreamError, match="not an ICM stream"):
-        model.decode(b"\x89PNG" + stream[4:])
+        coder.decode(model, b"\x89PNG" + stream[4:])
     assert issubclass(BitstreamError, ICMError)
 
 
@@ -175,7 +176,7 @@ def test_fuzzed_streams_raise_bitstream_error(model, stream, data):
     if bytes(s) == stream:
         return
     with pytest.raises(BitstreamError):
-        model.decode(bytes(s))
+        coder.decode(model, bytes(s))
 
 
 def test_encode_decode_cli(tmp_path, capsys):
@@ -183,7 +184,7 @@ def test_encode_decode_cli(tmp_path, capsys):
         progress=False)
     img = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "in.png")
-    cli = [sys.executable, "-m", "icm_core.cli"]
+    cli = [sys.executable, "-m", "icm_core.cli.main.main"]
     r = subprocess.run([*cli, "encode", str(tmp_path / "in.png"), "--checkpoint", str(tmp_path / "run"),
                         "-o", str(tmp_path / "x.icm")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -206,16 +207,16 @@ def test_encode_decode_cli(tmp_path, capsys):
 
 
 def test_fingerprint_follows_every_in_place_change(model):
-    before = {t: model.fingerprint(t) for t in model.tasks}
-    assert model.fingerprint("depth") == before["depth"]
+    before = {t: coder.fingerprint(model, t) for t in model.tasks}
+    assert coder.fingerprint(model, "depth") == before["depth"]
     p = model.heads["depth"].decoder.out_proj.bias
     saved = p.detach().clone()
     with torch.no_grad():
         p.add_(1.0)
-        assert model.fingerprint("depth") != before["depth"]
-        assert model.fingerprint("semseg") == before["semseg"]
+        assert coder.fingerprint(model, "depth") != before["depth"]
+        assert coder.fingerprint(model, "semseg") == before["semseg"]
         p.copy_(saved)  # same values again: same fingerprint
-    assert model.fingerprint("depth") == before["depth"]
+    assert coder.fingerprint(model, "depth") == before["depth"]
 
 
 def test_container_layout_is_stable():

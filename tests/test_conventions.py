@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from icm_core.metrics import make_metric
 from icm_core.models.decoder import (
     AttentionMaps,
     DownsampledAttention,
@@ -17,7 +16,8 @@ from icm_core.models.decoder import (
     _interp_queries,
 )
 from icm_core.models.icm import build_model
-from icm_core.tasks import TASKS
+from icm_core.tasks.metrics import make_metric
+from icm_core.tasks.registry import TASKS
 
 from .helpers import tiny_config
 
@@ -338,7 +338,7 @@ def test_decoder_with_zero_alpha_equals_decoder_without_fusion():
 
 # -- multi-task training: a step of one task leaves the other alone ----------------------------
 def test_a_step_of_one_task_leaves_the_other_tasks_weights_bit_identical(tmp_path):
-    from icm_core.train import Trainer
+    from icm_core.training.trainer import Trainer
 
     cfg = tiny_config("tasks=[semseg,depth]", "train.batch_size=2", "train.weight_decay=0.01",
                       "data.val_length=2", f"out_dir={tmp_path}")

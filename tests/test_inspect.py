@@ -1,4 +1,4 @@
-"""icm_core.inspect*: bit allocation, latents, error maps, attention and DoRA views.
+"""icm_core.inspection.image*: bit allocation, latents, error maps, attention and DoRA views.
 
 References are computed here from the formulas (numpy), not by the code under test.
 """
@@ -12,14 +12,15 @@ import torch
 from PIL import Image
 
 from icm_core import ConfigError, DatasetError
-from icm_core import inspect as ins
-from icm_core import inspect_attention as att
-from icm_core import inspect_dora as dora
-from icm_core.checkpoint import save_checkpoint
-from icm_core.inspect_errors import error_map
+from icm_core.codec import coder
+from icm_core.inspection import attention as att
+from icm_core.inspection import dora
+from icm_core.inspection import image as ins
+from icm_core.inspection.error_maps import error_map
 from icm_core.models import adapters as ad
 from icm_core.models.entropy import _SCALE_TABLE
 from icm_core.models.icm import build_model
+from icm_core.training.checkpoint import save_checkpoint
 
 from .helpers import tiny_config
 
@@ -51,7 +52,7 @@ def _checkerboard(M, h, w):
 
 def test_bit_allocation_sections_add_up_to_the_stream(model, odd_image):
     ba = ins.bit_allocation(model, odd_image, "depth")
-    stream = model.encode(odd_image, "depth")
+    stream = coder.encode(model, odd_image, "depth")
     assert ba.total_bytes == len(stream) == len(bytes(stream))
     assert ba.header_bytes + ba.z_bytes + ba.step1_bytes + ba.step2_bytes == len(stream)
     s = stream.sections

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from icm_core.data.synthetic import SyntheticScenes
-from icm_core.metrics import make_metric
-from icm_core.tasks import TASKS
+from icm_core.tasks.metrics import make_metric
+from icm_core.tasks.registry import TASKS
 
 TASK_NAMES = ("semseg", "depth", "normals", "boundary", "human_parts", "saliency")
 

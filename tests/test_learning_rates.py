@@ -4,7 +4,7 @@ backbone at ``train.lr`` (issue 11: Full FT at the adapters' 1e-3 undid what pre
 
 import pytest
 
-from icm_core.train import Trainer
+from icm_core.training.trainer import Trainer
 from tests.helpers import tiny_config
 
 LRS = ["train.lr=1e-3", "train.head_lr=3e-3", "train.backbone_lr=1e-4", "train.max_steps=10"]

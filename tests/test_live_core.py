@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from icm_core import ConfigError
-from icm_core.curves import ra_curves
-from icm_core.evaluate import evaluate
+from icm_core.codec import coder
+from icm_core.evaluation.evaluate import evaluate
 from icm_core.models.decoder import AttentionMaps
 from icm_core.models.icm import build_model
-from icm_core.train import DoneEvent, StepEvent, Trainer, make_loader
+from icm_core.studies.ra_curves import ra_curves
+from icm_core.training.trainer import DoneEvent, StepEvent, Trainer, make_loader
 
 from .helpers import tiny_config
 
@@ -34,8 +35,8 @@ def test_task_is_an_argument_and_reads_change_nothing():
     a = m.predict(x, task="semseg")
     b = m.predict(x, task="depth")
     assert a.prediction.shape[1] != b.prediction.shape[1]
-    data = m.encode(x, task="depth")
-    assert m.decode(data).task == "depth"
+    data = coder.encode(m, x, task="depth")
+    assert coder.decode(m, data).task == "depth"
     assert _flags(m) == before  # trainability and train/eval mode as they were
     assert torch.equal(m.predict(x, task="semseg").prediction, a.prediction)  # eval: deterministic
 
@@ -55,7 +56,7 @@ def test_reading_in_one_thread_while_another_trains(tmp_path):
                     out = model.predict(x, task=task)
                     reads.append(bool(torch.isfinite(out.prediction).all()))
                     with model.reading():  # one snapshot: the trainer waits for the block
-                        assert model.decode(model.encode(x, task=task)).task == task
+                        assert coder.decode(model, coder.encode(model, x, task=task)).task == task
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
@@ -213,7 +214,7 @@ def test_attention_of_every_block_maps_to_pixels():
 def test_decode_returns_attention_and_constructed_maps_map_pixels():
     m = build_model(tiny_config()).eval()
     x = torch.rand(1, 3, 64, 64)
-    dec = m.decode(m.encode(x), return_attention=True)
+    dec = coder.decode(m, coder.encode(m, x), return_attention=True)
     assert len(dec.attention) == 3 and dec.attention[0].stage == 1
     a = AttentionMaps(torch.zeros(1, 1, 4, 1), (2, 2), (1, 1), feature_stride=4, q_stride=2,
                       kv_stride=8)
@@ -266,10 +267,10 @@ def test_encoded_image_is_bytes_with_its_sections_and_pickles():
     import pickle
 
     m = build_model(tiny_config()).eval()
-    data = m.encode(torch.rand(3, 64, 80))
+    data = coder.encode(m, torch.rand(3, 64, 80))
     assert isinstance(data, bytes) and data.task == "semseg" and (data.height, data.width) == (64, 80)
     assert data.sections.total == len(data) and data.bpp == pytest.approx(8 * len(data) / (64 * 80))
     assert data.bits_estimated == pytest.approx(data.bits_y + data.bits_z)
     back = pickle.loads(pickle.dumps(data))
     assert back == data and back.sections == data.sections and back.bits_y == data.bits_y
-    assert torch.equal(m.decode(back).prediction, m.decode(bytes(data)).prediction)
+    assert torch.equal(coder.decode(m, back).prediction, coder.decode(m, bytes(data)).prediction)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icm_core import ConfigError
-from icm_core.metrics import make_metric, match_boundaries
+from icm_core.tasks.metrics import make_metric, match_boundaries
 
 
 def test_miou_hand_computed_and_logits():

@@ -8,14 +8,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from icm_core import ConfigError
-from icm_core.cli import main, model_info
-from icm_core.config import BackboneConfig, load_config
+from icm_core.cli.main import main
+from icm_core.codec import coder
+from icm_core.config import load_config
+from icm_core.config.schema import BackboneConfig
+from icm_core.evaluation.cost import model_info
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import Backbone
 from icm_core.models.decoder import TransformerDecoder
 from icm_core.models.icm import build_model
-from icm_core.tasks import TASKS
-from icm_core.train import set_trainable
+from icm_core.tasks.registry import TASKS
+from icm_core.training.trainer import set_trainable
 
 from .helpers import tiny_config
 
@@ -205,8 +208,8 @@ def test_saving_one_task_leaves_the_others_bit_identical():
     other.eval()
     with torch.no_grad():
         assert torch.equal(m(x, task="semseg").prediction, other(x, task="semseg").prediction)
-    assert m.fingerprint("semseg") == other.fingerprint("semseg")
-    assert m.fingerprint("depth") != other.fingerprint("depth")
+    assert coder.fingerprint(m, "semseg") == coder.fingerprint(other, "semseg")
+    assert coder.fingerprint(m, "depth") != coder.fingerprint(other, "depth")
 
 
 def test_adapter_presets_match_the_paper_study():
@@ -228,7 +231,7 @@ def test_other_timm_vits_work_with_unfused_targets():
 
 
 def test_task_files_round_trip_one_task(tmp_path):
-    from icm_core.checkpoint import load_task, save_task
+    from icm_core.training.checkpoint import load_task, save_task
 
     torch.manual_seed(0)
     m = build_model(tiny_config("tasks=[semseg,depth]"))
@@ -239,7 +242,7 @@ def test_task_files_round_trip_one_task(tmp_path):
     other = build_model(tiny_config("tasks=[semseg,depth]"))
     semseg = other.task_state_dict("semseg")
     load_task(other, "depth", tmp_path / "depth.safetensors")
-    assert other.fingerprint("depth") == m.fingerprint("depth")
+    assert coder.fingerprint(other, "depth") == coder.fingerprint(m, "depth")
     assert all(torch.equal(v, semseg[k]) for k, v in other.task_state_dict("semseg").items())
     with pytest.raises(ConfigError, match="holds task 'depth'"):
         load_task(other, "semseg", tmp_path / "depth.safetensors")
@@ -280,7 +283,7 @@ def test_decode_equals_forward_for_every_patch_size(patch):
         ref = m(x)
     hp, wp = m.padded_size(70, 90)
     assert ref.y_hat.shape[-2:] == (hp // patch, wp // patch)
-    out = m.decode(m.encode(x))
+    out = coder.decode(m, coder.encode(m, x))
     assert torch.equal(out.y_hat, ref.y_hat)
     assert torch.equal(out.prediction, ref.prediction)
 

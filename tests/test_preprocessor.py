@@ -8,24 +8,21 @@ import pytest
 import torch
 from PIL import Image
 
-from icm_core.codecs import get_codec
-from icm_core.data import SyntheticScenes
-from icm_core.errors import ConfigError, ICMError
-from icm_core.models.icm import build_model
-from icm_core.preprocessor import (
-    JPEG_SYMBOL_BITS,
-    JPEGProxy,
+from icm_core.baselines.classical import get_codec
+from icm_core.baselines.jpeg_proxy import JPEG_SYMBOL_BITS, JPEGProxy, jpeg_table, proxy_agreement
+from icm_core.baselines.preprocessor import (
     PreProcessor,
     PreprocessorConfig,
     apply_preprocessor,
-    jpeg_table,
     load_preprocessor,
     pil_to_tensor,
     preprocessor_loss,
-    proxy_agreement,
     save_preprocessor,
     train_preprocessor,
 )
+from icm_core.data.registry import SyntheticScenes
+from icm_core.errors import ConfigError, ICMError
+from icm_core.models.icm import build_model
 from tests.helpers import tiny_config
 
 

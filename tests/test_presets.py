@@ -13,7 +13,7 @@ import pytest
 
 import icm_core
 from icm_core.config import load_config
-from icm_core.train import Trainer
+from icm_core.training.trainer import Trainer
 
 PRESET_DIR = Path(icm_core.__file__).parent / "conf" / "experiment"
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

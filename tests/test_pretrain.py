@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from icm_core.config import BackboneConfig
+from icm_core.config.schema import BackboneConfig
 from icm_core.data.synthetic import SPLITS, SyntheticScenes
 from icm_core.errors import ConfigError
 from icm_core.models.backbone import Backbone
-from icm_core.pretrain import (
+from icm_core.training.pretrain import (
     MIMModel,
     PretrainConfig,
     PretrainDataConfig,
@@ -292,7 +292,7 @@ def test_unknown_override_is_a_config_error():
 
 
 def test_hydra_app_runs_a_preset_and_exits_2_on_bad_input(tmp_path, monkeypatch, capsys):
-    from icm_core.pretrain import pretrain_app
+    from icm_core.training.pretrain import pretrain_app
 
     run = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["icm pretrain", "pretrain=quick", f"out_dir={run}", "steps=1",

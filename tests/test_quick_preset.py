@@ -12,10 +12,10 @@ import torch
 
 from icm_core.config import load_config
 from icm_core.data.synthetic import SyntheticScenes
-from icm_core.demo import DEFAULT_LAMBDAS, TASK_LAMBDAS, default_lambdas
-from icm_core.evaluate import evaluate
-from icm_core.tasks import TASKS, get_task
-from icm_core.train import Trainer
+from icm_core.evaluation.evaluate import evaluate
+from icm_core.studies.demo import DEFAULT_LAMBDAS, TASK_LAMBDAS, default_lambdas
+from icm_core.tasks.registry import TASKS, get_task
+from icm_core.training.trainer import Trainer
 
 # 120 steps at 64 px, then real streams of 8 validation scenes at 128 px (at 64 px the 48 bytes
 # of fixed costs swamp depth's payload: 48 vs 50 bytes an image). Measured on one loaded core,
@@ -70,7 +70,8 @@ def test_higher_lambda_more_bits_and_better_metric(task, tmp_path, one_thread):
 
 
 def test_icm_demo_defaults_are_the_demo_modules():
-    from icm_core import cli, demo
+    from icm_core.cli.main import main as cli
+    from icm_core.studies import demo
 
     assert cli.DEMO_STEPS == demo.DEFAULT_STEPS
     args = cli.build_parser().parse_args(["demo", "--task", "depth"])

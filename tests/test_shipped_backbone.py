@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from icm_core.cli import model_info
+from icm_core.codec import coder
 from icm_core.config import load_config
+from icm_core.evaluation.cost import model_info
 from icm_core.models.backbone import SYNTHETIC_WEIGHTS, Backbone, weights_source
 from icm_core.models.icm import build_model
 
@@ -49,6 +50,6 @@ def test_loads_offline_into_the_right_architecture():
 def test_downstream_paths_are_the_same_with_synthetic_weights():
     m = build_model(load_config([*TINY, "backbone=tiny_synthetic"])).eval()
     x = torch.rand(1, 3, 64, 64)
-    data = m.encode(x)
+    data = coder.encode(m, x)
     with torch.no_grad():
-        assert torch.equal(m.decode(data).prediction, m(x).prediction)
+        assert torch.equal(coder.decode(m, data).prediction, m(x).prediction)

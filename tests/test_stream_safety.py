@@ -20,7 +20,8 @@ import torch
 from compressai.ans import RansDecoder, RansEncoder
 from compressai.entropy_models import EntropyBottleneck
 
-from icm_core.bitstream import MAX_PIXELS, BitstreamError, Packet, pack, unpack
+from icm_core.codec import coder
+from icm_core.codec.container import MAX_PIXELS, BitstreamError, Packet, pack, unpack
 from icm_core.errors import ConfigError
 from icm_core.models import entropy
 from icm_core.models.entropy import CoderTable, DualSpatialEntropyModel, check_section, rans_decode
@@ -98,11 +99,11 @@ def _fuzz_child(n: int, seed: int) -> None:
     originals = []
     for size in ((64, 64), (96, 128)):
         image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
-        data = bytes(model.encode(image))
+        data = bytes(coder.encode(model, image))
         p = unpack(data)  # the whole padded prediction: a claim padding to the same size crops it
         padded = model.padded_size(p.height, p.width)
         full = pack(Packet(p.task, p.fingerprint, *padded, p.sections))
-        originals.append((data, padded, model.decode(full).prediction))
+        originals.append((data, padded, coder.decode(model, full).prediction))
     for i in range(n):
         data, padded, full = originals[i % len(originals)]
         bad = data
@@ -113,7 +114,7 @@ def _fuzz_child(n: int, seed: int) -> None:
         for _ in range(2):
             log.clear()
             try:
-                pred = model.decode(bad).prediction
+                pred = coder.decode(model, bad).prediction
                 h, w = pred.shape[-2:]
                 same_size = model.padded_size(h, w) == padded
                 crop = torch.equal(pred, full[..., :h, :w]) if same_size else None
@@ -162,7 +163,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def stream(model):
-    return model.encode(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    return coder.encode(model, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
 
 
 def test_reseal_makes_a_mutated_stream_pass_the_crc(stream):
@@ -175,10 +176,10 @@ def test_reseal_makes_a_mutated_stream_pass_the_crc(stream):
 
 def test_empty_sections_with_the_real_fingerprint_are_refused(model):
     task = model.tasks[0]
-    data = pack(Packet(task, model.fingerprint(task), 64, 64, (b"", b"", b"")))
+    data = pack(Packet(task, coder.fingerprint(model, task), 64, 64, (b"", b"", b"")))
     assert len(data) == 24
     with pytest.raises(BitstreamError, match="z section has 0 bytes"):
-        model.decode(data)
+        coder.decode(model, data)
 
 
 def test_huge_claims_are_refused_before_anything_is_decoded(model, stream, monkeypatch):
@@ -189,21 +190,21 @@ def test_huge_claims_are_refused_before_anything_is_decoded(model, stream, monke
     p = unpack(stream)
     huge = pack(Packet(p.task, p.fingerprint, 16384, 16384, p.sections))
     with pytest.raises(BitstreamError, match=f"budget max_pixels={MAX_PIXELS}"):
-        model.decode(huge)
+        coder.decode(model, huge)
     with pytest.raises(BitstreamError, match="max_pixels=1000"):
-        model.decode(stream, max_pixels=1000)
+        coder.decode(model, stream, max_pixels=1000)
     # within a raised budget: the 64x64 image's z section cannot hold a 1024x1024 latent
     big = pack(Packet(p.task, p.fingerprint, 1024, 1024, p.sections))
     with pytest.raises(BitstreamError, match="z section of .* cannot hold"):
-        model.decode(big, max_pixels=2048 * 2048)
+        coder.decode(model, big, max_pixels=2048 * 2048)
 
 
 def test_decode_refuses_a_task_without_compression(stream):
     plain = build_model(tiny_config("model.compression=false")).eval()
     p = unpack(stream)
-    data = pack(Packet(p.task, plain.fingerprint(p.task), p.height, p.width, p.sections))
+    data = pack(Packet(p.task, coder.fingerprint(plain, p.task), p.height, p.width, p.sections))
     with pytest.raises(BitstreamError, match="no compression stage"):
-        plain.decode(data)
+        coder.decode(plain, data)
 
 
 # -- the rANS reader against compressai's coder -------------------------------------------

@@ -21,7 +21,7 @@ from icm_core.data.synthetic import (
     render_scene,
     scene_seed,
 )
-from icm_core.tasks import SYNTHETIC_CLASSES
+from icm_core.tasks.registry import SYNTHETIC_CLASSES
 
 
 def test_deterministic_per_seed_and_split():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from icm_core import ConfigError, ICMError
-from icm_core.tasks import DATASET_TASKS, TASKS, get_task, resolve_tasks
+from icm_core.tasks.registry import DATASET_TASKS, TASKS, get_task, resolve_tasks
 
 
 def test_registry_matches_paper_settings():

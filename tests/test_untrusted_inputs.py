@@ -15,19 +15,20 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from icm_core.checkpoint import (
+from icm_core.cli.main import main
+from icm_core.data.images import load_image
+from icm_core.errors import ConfigError, DatasetError
+from icm_core.files import write_text
+from icm_core.models import adapters as ad
+from icm_core.models.icm import build_model
+from icm_core.training.checkpoint import (
     load_checkpoint,
     load_config_file,
     load_task,
     resolve_checkpoint_dir,
     save_checkpoint,
 )
-from icm_core.cli import main
-from icm_core.errors import ConfigError, DatasetError
-from icm_core.io import load_image, write_text
-from icm_core.models import adapters as ad
-from icm_core.models.icm import build_model
-from icm_core.train import Trainer
+from icm_core.training.trainer import Trainer
 
 from .helpers import tiny_config
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from plotly.callbacks import Points
 
-from icm_core import inspect as ins
-from icm_core.checkpoint import save_checkpoint
+from icm_core.codec import coder
+from icm_core.inspection import image as ins
 from icm_core.models.icm import build_model
+from icm_core.training.checkpoint import save_checkpoint
 from widgets.inspector import VIEWS, InspectorPanel
 
 from .helpers import tiny_config
@@ -44,7 +45,7 @@ def test_predictions_view_shows_the_error_of_a_scene(panel):
 def test_bits_view_shows_the_stream_sections_and_the_map(panel):
     panel.show("Bits")
     b = panel.insp.bits
-    stream = panel.model.encode(panel.insp.image, panel.insp.task)
+    stream = coder.encode(panel.model, panel.insp.image, panel.insp.task)
     real = [bar.y[0] for bar in panel.sections_fig.data]
     assert sum(real) == len(stream) == b.total_bytes
     assert real == [b.header_bytes, b.z_bytes, b.step1_bytes, b.step2_bytes]

@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 
-from icm_core import ablation as ab
-from icm_core.background import RunQueue
-from icm_core.cli import model_info
 from icm_core.config import load_config
-from icm_core.curves import run_points
 from icm_core.errors import ConfigError
-from icm_core.evaluate import bd_rate
+from icm_core.evaluation.bdrate import bd_rate
+from icm_core.evaluation.cost import model_info
+from icm_core.studies import ablation as ab
+from icm_core.studies.ra_curves import run_points
+from icm_core.workspace.queue import RunQueue
 from widgets.ablation import AblationPanel
 from widgets.ra import RAPanel
 from widgets.runs import RunsPanel

@@ -1,4 +1,4 @@
-"""Setup panel, its readout (icm_core.complexity) and the override helpers (icm_core.background).
+"""Setup panel, its readout (icm_core.evaluation.cost) and the override helpers (icm_core.workspace.runs.queue).
 
 Panels are driven as a user would: widget values set, buttons clicked; state is then read.
 """
@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from icm_core import config as C
-from icm_core.background import format_value, parse_overrides, run_name, split_command_line
-from icm_core.cli import model_info
-from icm_core.complexity import decoder_gflops, storage
 from icm_core.config import load_config
+from icm_core.config import schema as C
+from icm_core.config.overrides import format_value, parse_overrides, split_command_line
 from icm_core.errors import ConfigError
+from icm_core.evaluation.cost import decoder_gflops, model_info, storage
 from icm_core.models.icm import build_model
+from icm_core.workspace.queue import run_name
 from tests.helpers import TINY
 from widgets.setup import SetupPanel, config_fields
 

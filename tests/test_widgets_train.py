@@ -6,10 +6,10 @@ import threading
 import pytest
 from safetensors.torch import load_file
 
-from icm_core.background import RunQueue, run_overrides
 from icm_core.config import load_config
 from icm_core.errors import ConfigError
-from icm_core.train import Trainer
+from icm_core.training.trainer import Trainer
+from icm_core.workspace.queue import RunQueue, run_overrides
 from tests.helpers import TINY
 from widgets import workbench as wb
 from widgets.setup import SetupPanel

@@ -1,4 +1,4 @@
-"""icm_core.workspace: runs of a workspace folder (CLI-made, nested sweeps, stopped, broken),
+"""icm_core.workspace.runs.runs: runs of a workspace folder (CLI-made, nested sweeps, stopped, broken),
 their settings and status, delete (inside the workspace only) and export."""
 
 import json
@@ -10,10 +10,10 @@ import zipfile
 import pytest
 from omegaconf import OmegaConf
 
-from icm_core.cli import main
+from icm_core.cli.main import main
 from icm_core.errors import ConfigError
-from icm_core.train import Trainer
-from icm_core.workspace import delete_run, export_run, list_runs, read_run
+from icm_core.training.trainer import Trainer
+from icm_core.workspace.runs import delete_run, export_run, list_runs, read_run
 
 from .helpers import TINY, tiny_config
 

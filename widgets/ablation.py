@@ -1,7 +1,7 @@
 """Ablation panel: choose a grid of adapter settings, see its measured cost, run it through the
 background queue, get the paper's Fig. 5-style charts (saved as HTML and CSV).
 
-Grid, cost and charts come from ``icm_core.ablation``; this file only wires widgets to it.
+Grid, cost and charts come from ``icm_core.studies.ablation``; this file only wires widgets to it.
 The base settings are the Setup panel's (when given) or the overrides typed here.
 """
 
@@ -14,14 +14,14 @@ from pathlib import Path
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from icm_core import ablation as ab
-from icm_core.config import ADAPTER_MODES
+from icm_core.config.schema import ADAPTER_MODES
 from icm_core.errors import ConfigError, ICMError
+from icm_core.studies import ablation as ab
 from widgets._panel import MessagePanel
 
 
 def _finished(run_dir: Path) -> bool:
-    from icm_core.workspace import read_run
+    from icm_core.workspace.runs import read_run
 
     try:
         return read_run(run_dir).status == "done"

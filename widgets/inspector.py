@@ -1,7 +1,7 @@
 """Inspector panel: look inside a trained model, one image and one task at a time.
 
 Views: Predictions, Bits, Latents, Attention, DoRA. Thin: everything shown is computed by
-``icm_core.inspect*`` (cached per weights and image), this file only wires controls to figures::
+``icm_core.inspection.image*`` (cached per weights and image), this file only wires controls to figures::
 
     panel = InspectorPanel()
     panel.open("runs/depth")          # a run folder, a ckpt-* folder or a live ICMModel
@@ -16,11 +16,11 @@ import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 
-from icm_core import inspect as ins
-from icm_core import inspect_attention as att
-from icm_core import inspect_dora as dora
 from icm_core.errors import ICMError
-from icm_core.inspect_errors import error_map, error_unit
+from icm_core.inspection import attention as att
+from icm_core.inspection import dora
+from icm_core.inspection import image as ins
+from icm_core.inspection.error_maps import error_map, error_unit
 from widgets import inspector_figures as figs
 from widgets._figure import drawn, live_figure
 

@@ -1,4 +1,4 @@
-"""Plotly figures of the inspector's views, built from what ``icm_core.inspect*`` computed.
+"""Plotly figures of the inspector's views, built from what ``icm_core.inspection.image*`` computed.
 
 Only drawing here: every number comes from ``icm_core``. Images are drawn in pixel
 coordinates (y down), and overlays are heatmaps on the same axes, so a click on an overlay
@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icm_core.viz import colorize, image_to_uint8
+from icm_core.viz.images import colorize, image_to_uint8
 
 
 def picture(rgb: np.ndarray, name: str) -> go.Image:

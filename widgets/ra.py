@@ -1,9 +1,9 @@
 """Rate-accuracy panel: one plot per task for the selected runs and any results file, and the
 BD-rate of every curve against an anchor the user picks.
 
-Points come from ``icm_core.curves.run_points`` (real bytes, cached in each run folder) and
-``icm_core.compare.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``); curves
-and the BD-rate table from ``icm_core.ra_table``. With a queue, finished runs that are on
+Points come from ``icm_core.studies.ra_curves.run_points`` (real bytes, cached in each run folder) and
+``icm_core.studies.compare.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``); curves
+and the BD-rate table from ``icm_core.evaluation.results``. With a queue, finished runs that are on
 the plot are re-read when they finish.
 """
 
@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from icm_core.errors import ICMError
-from icm_core.ra_table import Curve, bd_table, curve_from_results, curves_from_points
+from icm_core.evaluation.results import Curve, bd_table, curve_from_results, curves_from_points
 from widgets._panel import MessagePanel
 
 _HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
@@ -82,7 +82,7 @@ class RAPanel(MessagePanel):
         self.refresh()
 
     def add_results(self, path: str | Path) -> None:
-        from icm_core.compare import load_results
+        from icm_core.studies.compare import load_results
 
         path = Path(path).expanduser()
         load_results(path)  # refuse a bad file here, with its reason, before keeping it
@@ -116,8 +116,8 @@ class RAPanel(MessagePanel):
             self._refresh()
 
     def _refresh(self) -> None:
-        from icm_core.compare import load_results
-        from icm_core.curves import run_points
+        from icm_core.studies.compare import load_results
+        from icm_core.studies.ra_curves import run_points
 
         points, self.errors = [], []
         for run in self.runs:

@@ -1,6 +1,6 @@
 """Runs panel: every run of a workspace folder, to compare, delete, export or inspect.
 
-Reads the folder through ``icm_core.workspace`` (runs started by the queue and by ``icm train``
+Reads the folder through ``icm_core.workspace.runs.runs`` (runs started by the queue and by ``icm train``
 on the command line alike) and holds no state of its own beyond the selection. Other panels
 listen: ``on_compare(fn(paths))`` (the rate-accuracy panel) and ``on_open(fn(path))`` (the
 inspector).
@@ -17,7 +17,7 @@ from pathlib import Path
 import ipywidgets as w
 
 from icm_core.errors import ICMError
-from icm_core.workspace import RunInfo, delete_run, export_run, list_runs
+from icm_core.workspace.runs import RunInfo, delete_run, export_run, list_runs
 from widgets._panel import MessagePanel
 
 COLUMNS = ("name", "status", "steps", "tasks", "adapter", "rank", "targets", "lmbda",

@@ -1,7 +1,7 @@
 """Setup panel: an experiment's settings, generated from the config dataclasses, with a live
-readout of what it costs (``icm_core.complexity.setup_readout``) and its ``icm train`` line.
+readout of what it costs (``icm_core.evaluation.cost.setup_readout``) and its ``icm train`` line.
 
-Every widget comes from a field of ``icm_core.config`` (its ``help`` metadata is the tooltip,
+Every widget comes from a field of ``icm_core.config.schema.schema`` (its ``help`` metadata is the tooltip,
 ``choices`` a dropdown or toggle buttons, bools checkboxes, numbers number boxes, anything
 else a text box in Hydra syntax), so a new config field appears here without widget code.
 Hydra groups (experiment, backbone, adapter, ...) are pickers over ``icm_core/conf/``.
@@ -22,21 +22,20 @@ from typing import Any
 import ipywidgets as W
 
 import icm_core.conf
-from icm_core import config as C
-from icm_core.background import (
+from icm_core.config import schema as C
+from icm_core.config.overrides import (
     GROUPS,
-    QUEUE_MANAGED,
     config_overrides,
     config_values,
     format_override,
     parse_overrides,
-    run_overrides,
     split_command_line,
 )
-from icm_core.checkpoint import load_config_file
-from icm_core.complexity import compose as _compose
-from icm_core.complexity import setup_readout
 from icm_core.errors import ConfigError, ICMError
+from icm_core.evaluation.cost import compose as _compose
+from icm_core.evaluation.cost import setup_readout
+from icm_core.training.checkpoint import load_config_file
+from icm_core.workspace.queue import QUEUE_MANAGED, run_overrides
 
 LABEL_W = "140px"  # description column: fits the longest field name (checkpoint_every)
 FIELD_W = "310px"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from icm_core.background import RunQueue
+from icm_core.workspace.queue import RunQueue
 from widgets.setup import SetupPanel
 from widgets.train_panel import TrainPanel
 

@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 from icm_core.data import textures as tx
 from icm_core.errors import DatasetError
-from icm_core.tasks import SYNTHETIC_CLASSES, resolve_tasks
+from icm_core.tasks.registry import SYNTHETIC_CLASSES, resolve_tasks
 
 CLASS = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
 WALL, FLOOR, CEILING = CLASS["wall"], CLASS["floor"], CLASS["ceiling"]

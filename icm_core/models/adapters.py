@@ -26,7 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from icm_core.config import AdapterConfig
+from icm_core.config.schema import AdapterConfig
 from icm_core.errors import ConfigError
 from icm_core.models.backbone import Backbone
 

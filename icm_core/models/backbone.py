@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from icm_core.config import BackboneConfig
+from icm_core.config.schema import BackboneConfig
 from icm_core.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,9 @@ from icm_core.errors import BitstreamError, ConfigError
 
 _SCALE_TABLE = get_scale_table().tolist()  # 64 log-spaced scales, 0.11 .. 256
 
+# compressai's rANS tables: rebuilt from the weights, so not part of the fingerprint
+TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity in the backward pass."""

@@ -3,7 +3,7 @@
     image (B,3,H,W) -> pad to 4p -> backbone + task adapter -> 4 x (B,C,H/p,W/p)  (p = patch, 16)
       -> preliminary decoder -> task features (B,D,.) + coarse prediction (B,C_t,.)
       -> concat -> Proj -> y (B,M,H/p,W/p)                               [TaskHead.analysis]
-      -> dual spatial entropy model -> y_hat                            [entropy.py, coding.py]
+      -> dual spatial entropy model -> y_hat                            [entropy.py, codec/coder.py]
       -> low-complexity decoder -> prediction (B,C_t,H,W) -> crop        [TaskHead.synthesis]
 
 Tasks share the backbone in memory; each owns an adapter and a ``TaskHead`` (preliminary
@@ -15,7 +15,7 @@ Threads. A notebook trains in the background while the user inspects the same mo
 forward routes the backbone through the task's adapter under ``model.lock`` (an RLock); the
 trainer holds it for a whole step (forward, backward, optimizer), so a reader never sees
 half-updated weights or another task's adapter: it reads the weights between two steps.
-Read paths (``predict``, ``encode``, ``decode``, ``icm_core.inspect``) run in eval mode under
+Read paths (``predict``, ``encode``, ``decode``, ``icm_core.inspection.image``) run in eval mode under
 the lock and put every module's mode back before releasing it; none of them changes which
 parameters train: that is decided once, by the trainer.
 """
@@ -32,15 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icm_core.coding import TABLE_BUFFERS, DecodedOutput, EncodedImage
-from icm_core.config import ExperimentConfig
+from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import Backbone
 from icm_core.models.decoder import AttentionMaps, DecoderOutput, TransformerDecoder
-from icm_core.models.entropy import DualSpatialEntropyModel, EntropyOutput, bits_of
+from icm_core.models.entropy import TABLE_BUFFERS, DualSpatialEntropyModel, EntropyOutput, bits_of
 from icm_core.models.prelim import PreliminaryDecoder, upsample_to
-from icm_core.tasks import get_task, resolve_tasks
+from icm_core.tasks.registry import get_task, resolve_tasks
 
 log = logging.getLogger(__name__)
 
@@ -295,27 +294,6 @@ class ICMModel(nn.Module):
         with self.reading():
             return self(image.to(self.device), task, return_attention)
 
-    # -- bitstreams (icm_core.coding) ----------------------------------------------------
-    def encode(self, image: torch.Tensor, task: str | None = None) -> EncodedImage:
-        """One image (3, H, W) or (1, 3, H, W) in [0, 1] -> its stream (``EncodedImage``: bytes
-        with section sizes and the entropy model's estimate)."""
-        from icm_core.coding import encode
-
-        return encode(self, image, task)
-
-    def decode(self, data: bytes, max_pixels: int | None = None,
-               return_attention: bool = False) -> DecodedOutput:
-        """Bytes from ``encode`` -> the prediction of the stream's task (see ``coding.decode``)."""
-        from icm_core.coding import decode
-
-        return decode(self, data, max_pixels=max_pixels, return_attention=return_attention)
-
-    def fingerprint(self, task: str | None = None) -> bytes:
-        """8 bytes identifying the weights that encode and decode ``task``."""
-        from icm_core.coding import fingerprint
-
-        return fingerprint(self, self.task_arg(task))
-
     # -- task files ---------------------------------------------------------------------
     def task_state_dict(self, task: str | None = None, clone: bool = True) -> dict[str, torch.Tensor]:
         """What ``task`` owns: ``adapter.*`` (backbone tensors it trains) and ``head.*``."""
@@ -406,5 +384,5 @@ def serialized_size(state: dict[str, torch.Tensor]) -> int:
     return len(save(real)) if real else 0
 
 
-__all__ = ["ICMModel", "ICMOutput", "TaskHead", "DecodedOutput", "EncodedImage", "build_model",
+__all__ = ["ICMModel", "ICMOutput", "TaskHead", "build_model",
            "serialized_size", "HYPERPRIOR_STRIDE"]

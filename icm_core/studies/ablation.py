@@ -1,0 +1,363 @@
+"""Adapter ablations (the paper's Fig. 5): a grid of runs, its cost before running, its charts.
+
+``expand_grid`` turns adapter modes x ranks x target sets x lambdas into one override list per
+run (rank and targets only where they mean something: dora and lora). ``measure_step_time``
+times real optimizer steps of one configuration on this machine and caches the measurement,
+so ``estimate_cost`` multiplies runs x steps x a measured time, never a guess. ``fig5_rows``
+turns finished runs into rows (metric against the share of trainable backbone parameters,
+real-bytes rate) and ``fig5_figure`` / ``save_ablation`` into plotly charts, HTML and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from icm_core.config import load_config
+from icm_core.config.schema import ADAPTER_MODES, TARGET_NAMES, ExperimentConfig
+from icm_core.errors import ConfigError
+from icm_core.files import write_text
+
+LOW_RANK = ("dora", "lora")
+GRID_KEYS = ("adapter.mode", "adapter.rank", "adapter.targets", "lmbda", "out_dir", "resume")
+STEP_TIMES = ".step-times.json"  # cache of measured step times, in the workspace
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of a grid: its settings, the overrides that make it, and its length."""
+
+    name: str
+    mode: str
+    rank: int | None
+    targets: tuple[str, ...] | None
+    lmbda: float
+    overrides: tuple[str, ...]  # base overrides (minus what the grid sets) + the grid's
+    steps: int
+
+
+def config_label(mode: str, rank: int | None = None, targets=None) -> str:
+    """'dora r8 qkv', 'full': how a configuration is named in legends and run names."""
+    if mode not in LOW_RANK:
+        return mode
+    return f"{mode} r{rank} {''.join(targets or ())}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
+    """Every meaningful combination, in order: modes, then ranks, target sets, lambdas.
+
+    full, fixed and scratch take no rank or targets, so they give one run per lambda.
+    The base is composed once (``ConfigError`` for a bad override names it) and each point's
+    settings are validated on it, as the config dataclasses do.
+    """
+    modes, ranks, lambdas = list(modes), list(ranks), list(lambdas)
+    target_sets = [tuple(t) for t in target_sets]
+    if not modes or not lambdas:
+        raise ConfigError("an ablation grid needs at least one adapter mode and one lambda")
+    bad = [m for m in modes if m not in ADAPTER_MODES]
+    if bad:
+        raise ConfigError(f"adapter modes {bad}: choose from {list(ADAPTER_MODES)}")
+    if any(m in LOW_RANK for m in modes):
+        if not ranks or not target_sets:
+            raise ConfigError("dora/lora in the grid need at least one rank and one target set")
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
+            raise ConfigError(f"ranks {ranks}: give integers >= 1")
+        for ts in target_sets:
+            if not ts or any(t not in TARGET_NAMES for t in ts):
+                raise ConfigError(f"target set {list(ts)}: choose a non-empty subset of "
+                                  f"{list(TARGET_NAMES)}")
+    if any(not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 for x in lambdas):
+        raise ConfigError(f"lambdas {lambdas}: give numbers > 0")
+    kept = [o for o in base if _key(o) not in GRID_KEYS]
+    cfg = load_config(kept)  # composed once; each point only changes adapter fields and lmbda
+    combos: list[tuple] = []
+    for mode in dict.fromkeys(modes):
+        if mode in LOW_RANK:
+            combos += [(mode, r, ts) for r in dict.fromkeys(ranks) for ts in dict.fromkeys(target_sets)]
+        else:
+            combos.append((mode, None, None))
+    points = []
+    for (mode, rank, targets), lmbda in itertools.product(combos, dict.fromkeys(lambdas)):
+        grid = [f"adapter.mode={mode}", f"lmbda={_fmt(lmbda)}"]
+        if mode in LOW_RANK:
+            grid += [f"adapter.rank={rank}", f"adapter.targets=[{','.join(targets)}]"]
+        adapter = replace(cfg.adapter, mode=mode, **({"rank": rank, "targets": list(targets)}
+                                                     if mode in LOW_RANK else {}))
+        replace(cfg, adapter=adapter, lmbda=float(lmbda))  # validates the combination
+        name = f"{config_label(mode, rank, targets).replace(' ', '-')}-lmbda{_fmt(lmbda)}"
+        points.append(GridPoint(name, mode, rank, targets, float(lmbda), (*kept, *grid),
+                                cfg.train.max_steps))
+    return points
+
+
+def parse_numbers(text: str, kind: type = float, what: str = "values") -> list:
+    """'0.5, 2 4' -> [0.5, 2.0, 4.0] (commas or spaces); ConfigError names the bad entry."""
+    out = []
+    for item in text.replace(",", " ").split():
+        try:
+            out.append(kind(item))
+        except ValueError:
+            raise ConfigError(f"{what}: {item!r} is not a{'n integer' if kind is int else ' number'}; "
+                              "separate values with commas, e.g. 4, 8") from None
+    return out
+
+
+def parse_target_sets(text: str) -> list[tuple[str, ...]]:
+    """'q,v; q,k,v,up,down' -> [('q','v'), ('q','k','v','up','down')]: sets split by ';'."""
+    sets = []
+    for part in text.split(";"):
+        names = tuple(part.replace(",", " ").split())
+        if not names:
+            continue
+        bad = [n for n in names if n not in TARGET_NAMES]
+        if bad:
+            raise ConfigError(f"target set {part.strip()!r}: {bad} are not projections; choose from "
+                              f"{list(TARGET_NAMES)}, sets separated by ';' (e.g. q,v; q,k,v)")
+        sets.append(names)
+    return sets
+
+
+# -- cost -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepTime:
+    """A measured training step time (seconds) and how it was measured."""
+
+    seconds: float
+    steps: int  # timed steps (after one untimed warm-up step)
+    label: str
+    device: str
+    threads: int
+    measured_at: str  # ISO time, UTC
+    cached: bool = False
+
+    def describe(self) -> str:
+        src = "cached measurement" if self.cached else "measured"
+        return (f"{src}: {self.seconds:.3f} s/step, mean of {self.steps} real steps of "
+                f"{self.label} on {self.device} ({self.threads} threads), {self.measured_at}")
+
+
+def _time_key(cfg: ExperimentConfig, device: str, threads: int) -> str:
+    """What the step time depends on: the config less what does not change a step's work."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for k in ("name", "out_dir", "resume", "lmbda"):
+        tree.pop(k, None)
+    for k in ("max_steps", "eval_every", "checkpoint_every", "seed", "lr", "head_lr",
+              "backbone_lr"):
+        tree["train"].pop(k, None)
+    blob = json.dumps([tree, device, threads], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def measure_step_time(overrides, cache_dir: str | Path | None = None, steps: int = 2,
+                      device: str | None = None) -> StepTime:
+    """Time ``steps`` real optimizer steps (after one warm-up) of the config ``overrides`` make.
+
+    Trains in a temporary folder, deleted afterwards. The result is cached in
+    ``cache_dir/.step-times.json`` by config, device and thread count.
+    """
+    import torch
+
+    from icm_core.training.trainer import Trainer, default_device
+
+    if steps < 1:
+        raise ConfigError(f"steps={steps}: time at least one step")
+    kept = [o for o in overrides if _key(o) not in ("out_dir", "resume", "train.eval_every",
+                                                      "train.checkpoint_every")]
+    cfg = load_config(kept)
+    device = device or default_device()
+    threads = torch.get_num_threads()
+    key = _time_key(cfg, device, threads)
+    label = config_label(cfg.adapter.mode, cfg.adapter.rank, cfg.adapter.targets)
+    store = Path(cache_dir) / STEP_TIMES if cache_dir is not None else None
+    cache = {}
+    if store is not None and store.is_file():
+        try:
+            cache = json.loads(store.read_text())
+        except (OSError, ValueError):
+            cache = {}  # a damaged cache is only a cache
+        if isinstance(cache, dict) and isinstance(cache.get(key), dict):
+            try:
+                return StepTime(**{**cache[key], "cached": True})
+            except TypeError:
+                pass
+    tmp = Path(tempfile.mkdtemp(prefix="icm-steptime-"))
+    try:
+        length = max(cfg.train.max_steps, steps + 1)
+        cfg = load_config([*kept, f"out_dir={tmp}", "resume=false", "train.eval_every=0",
+                           "train.checkpoint_every=0", f"train.max_steps={length}"])
+        trainer = Trainer(cfg, device=device)
+        trainer.step()  # warm-up: loader start, first allocations
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        seconds = (time.perf_counter() - t0) / steps
+        del trainer  # its loader's worker processes end with it
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result = StepTime(seconds, steps, label, device, threads, now)
+    if store is not None:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {k: v for k, v in asdict(result).items() if k != "cached"}
+        write_text(store, json.dumps(cache, indent=1))
+    return result
+
+
+@dataclass(frozen=True)
+class GridCost:
+    runs: int
+    steps: int  # optimizer steps of all runs together
+    step_time: StepTime
+    seconds: float  # steps x the measured step time (evaluations and model builds not included)
+
+    def describe(self) -> str:
+        return (f"{self.runs} runs, {self.steps} steps x {self.step_time.seconds:.3f} s = "
+                f"{_duration(self.seconds)} of training ({self.step_time.describe()}; "
+                "evaluations and model builds come on top)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def estimate_cost(points: list[GridPoint], step_time: StepTime) -> GridCost:
+    """runs x steps x the measured step time of the first configuration."""
+    steps = sum(p.steps for p in points)
+    return GridCost(len(points), steps, step_time, steps * step_time.seconds)
+
+
+# -- Fig. 5 data ----------------------------------------------------------------------------
+_SHARES: dict[str, tuple[int, int]] = {}
+
+
+def trainable_share(cfg: ExperimentConfig, task: str | None = None) -> tuple[int, int]:
+    """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact, built on
+    the meta device (no weights); memoized by the settings that decide it."""
+    from omegaconf import OmegaConf
+
+    from icm_core.models.icm import build_model
+
+    key = json.dumps([OmegaConf.to_container(OmegaConf.structured(cfg.backbone)),
+                      OmegaConf.to_container(OmegaConf.structured(cfg.adapter)),
+                      list(cfg.tasks), task], sort_keys=True)
+    if key not in _SHARES:
+        model = build_model(cfg, "meta")
+        r = model.trainable_parameters(task or model.tasks[0])
+        _SHARES[key] = (r.trainable_backbone_params, r.backbone_params)
+    return _SHARES[key]
+
+
+FIG5_COLUMNS = ("run", "label", "adapter", "rank", "targets", "lmbda", "task", "metric", "value",
+                "higher_is_better", "bpp", "trainable_params", "backbone_params",
+                "trainable_percent")
+
+
+def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> list[dict]:
+    """One row per run and task: its real-bytes RA point (``curves.run_points``, cached) and
+    the share of backbone parameters its adapter trains. ``runs``: folders or RunInfo."""
+    from icm_core.studies.ra_curves import run_points
+    from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
+
+    rows = []
+    for run in runs:
+        path = Path(getattr(run, "path", run))
+        cfg = load_config_file(resolve_checkpoint_dir(path))
+        a = cfg.adapter
+        low = a.mode in LOW_RANK
+        for p in run_points(path, max_images=max_images, device=device):
+            trainable, total = trainable_share(cfg, p.task)
+            rows.append({"run": str(path), "label": config_label(a.mode, a.rank, a.targets),
+                         "adapter": a.mode, "rank": a.rank if low else None,
+                         "targets": "".join(a.targets) if low else None, "lmbda": cfg.lmbda,
+                         "task": p.task, "metric": p.metric, "value": p.value,
+                         "higher_is_better": p.higher_is_better, "bpp": p.bpp,
+                         "trainable_params": trainable, "backbone_params": total,
+                         "trainable_percent": 100.0 * trainable / total})
+    return sorted(rows, key=lambda r: (r["task"], r["trainable_percent"], r["label"], r["lmbda"]))
+
+
+def fig5_figure(rows: list[dict], title: str = "Ablation (Fig. 5 style)"):
+    """Per task, a row of two charts: metric against trainable % (one marker per run,
+    labelled by lambda) and the RA curve of each configuration across lambdas."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows)) or ["(no finished run)"]
+    titles = []
+    for t in tasks:
+        metric = next((r["metric"] for r in rows if r["task"] == t), "")
+        titles += [f"{t}: {metric} vs trainable backbone %", f"{t}: {metric} vs real bpp"]
+    fig = make_subplots(rows=len(tasks), cols=2, subplot_titles=titles, horizontal_spacing=0.12,
+                        vertical_spacing=0.25 / max(len(tasks), 1))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    colors = {lab: qualitative.Plotly[i % len(qualitative.Plotly)] for i, lab in enumerate(labels)}
+    for i, task in enumerate(tasks, start=1):
+        for lab in labels:
+            pts = sorted((r for r in rows if r["task"] == task and r["label"] == lab),
+                         key=lambda r: (r["bpp"] is None, r["bpp"] or 0.0, r["lmbda"]))
+            if not pts:
+                continue
+            text = [f"λ={_fmt(r['lmbda'])}" for r in pts]
+            common = dict(name=lab, legendgroup=lab, marker=dict(color=colors[lab], size=9),
+                          text=text, hovertemplate="%{fullData.name}<br>%{text}<br>"
+                          "x=%{x:.4g}<br>y=%{y:.4g}<extra></extra>")
+            fig.add_trace(go.Scatter(x=[r["trainable_percent"] for r in pts],
+                                     y=[r["value"] for r in pts], mode="markers",
+                                     showlegend=(i == 1), **common), row=i, col=1)
+            fig.add_trace(go.Scatter(x=[r["bpp"] for r in pts], y=[r["value"] for r in pts],
+                                     mode="lines+markers+text", textposition="top center",
+                                     showlegend=False, **common), row=i, col=2)
+        metric = next((r["metric"] for r in rows if r["task"] == task), "")
+        fig.update_xaxes(title_text="trainable backbone parameters (%)", row=i, col=1)
+        fig.update_xaxes(title_text="bpp (real bytes)", row=i, col=2)
+        fig.update_yaxes(title_text=metric, row=i, col=1)
+        fig.update_yaxes(title_text=metric, row=i, col=2)
+    fig.update_layout(title=title, height=380 * len(tasks) + 80, template="plotly_white",
+                      legend=dict(title="configuration"))
+    return fig
+
+
+def rows_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIG5_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def save_ablation(rows: list[dict], out_dir: str | Path, name: str = "ablation",
+                  fig=None) -> tuple[Path, Path]:
+    """``out_dir/name.html`` (self-contained plotly, works offline) and ``name.csv``, atomic."""
+    out = Path(out_dir)
+    fig = fig if fig is not None else fig5_figure(rows)
+    html, table = out / f"{name}.html", out / f"{name}.csv"
+    write_text(html, fig.to_html(full_html=True, include_plotlyjs=True))
+    write_text(table, rows_csv(rows))
+    return html, table
+
+
+__all__ = ["parse_numbers", "parse_target_sets", "GridPoint", "StepTime", "GridCost", "config_label", "expand_grid", "measure_step_time",
+           "estimate_cost", "trainable_share", "fig5_rows", "fig5_figure", "rows_csv",
+           "save_ablation", "FIG5_COLUMNS"]

@@ -1,0 +1,266 @@
+"""Dataset-level metrics of the paper's evaluation (section 3.1).
+
+Every metric accumulates over a whole dataset with ``update(pred, target)`` and reports one
+number with ``compute()``. Inputs are batched torch tensors (see ``make_metric``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.spatial import cKDTree
+from skimage.morphology import thin
+
+from icm_core.errors import ConfigError
+from icm_core.tasks.registry import IGNORE_INDEX, get_task
+
+
+def _check_batch(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if pred.shape[0] != target.shape[0] or pred.shape[-2:] != target.shape[-2:]:
+        raise ConfigError(
+            f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in "
+            "batch or spatial size; resize predictions to the label size first"
+        )
+
+
+class MeanIoU:
+    """mIoU over all ``num_classes`` classes, from a dataset-level confusion matrix.
+
+    As InvPT's ``SemsegMeter`` (evaluation/eval_semseg.py): per class, IoU = tp / max(tp + fp +
+    fn, eps) with counts summed over the dataset, and the mean runs over every class of the
+    dataset, so a class absent from both labels and predictions scores 0. Pixels labelled 255
+    are ignored; a predicted id outside [0, num_classes) is a miss of the true class. nan before
+    any valid pixel.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        # the extra column collects predictions outside [0, num_classes): misses of no class
+        self.confusion = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if pred.dim() == 4:  # logits (B, C, H, W)
+            pred = pred.argmax(dim=1)
+        target = target[:, 0] if target.dim() == 4 else target
+        _check_batch(pred, target, "mIoU")
+        valid = target != IGNORE_INDEX
+        t, p = target[valid].long().cpu(), pred[valid].long().cpu()
+        if t.numel() and (t.max() >= self.num_classes or t.min() < 0):
+            raise ConfigError(f"mIoU: label {int(t.max())} outside [0, {self.num_classes}); "
+                              "check num_classes or the dataset's label mapping")
+        C = self.num_classes
+        p = torch.where((p >= 0) & (p < C), p, torch.full_like(p, C))
+        self.confusion += torch.bincount(t * (C + 1) + p, minlength=C * (C + 1)).view(C, C + 1)
+
+    def per_class_iou(self) -> np.ndarray:
+        cm = self.confusion.double()
+        tp = cm.diag()
+        union = cm[:, : self.num_classes].sum(0) + cm.sum(1) - tp  # tp + fp + fn
+        return (tp / union.clamp(min=1e-8)).numpy()
+
+    def compute(self) -> float:
+        if int(self.confusion.sum()) == 0:
+            return float("nan")
+        return float(self.per_class_iou().mean() * 100)
+
+
+class DepthRMSE:
+    """Root mean square error in metres, pooled over all valid pixels (target > 0) of the dataset.
+
+    As InvPT's ``DepthMeter`` (evaluation/eval_depth.py): predictions <= 0 count as 1e-9 (depth
+    is positive) and RMSE = sqrt(sum of squared errors / number of valid pixels) over the whole
+    dataset, not a mean of per-image RMSEs. (InvPT marks missing depth 0 as ignore 255 first.)
+    """
+
+    higher_is_better = False
+
+    def __init__(self):
+        self.sq, self.n = 0.0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        _check_batch(pred, target, "RMSE")
+        valid = target > 0
+        pred = pred.double()
+        pred = torch.where(pred > 0, pred, torch.full_like(pred, 1e-9))
+        self.sq += float(((pred - target.double())[valid] ** 2).sum())
+        self.n += int(valid.sum())
+
+    def compute(self) -> float:
+        return float(np.sqrt(self.sq / self.n)) if self.n else float("nan")
+
+
+class NormalsMeanError:
+    """Mean angle in degrees between normalized predicted and true normals, over valid pixels.
+
+    Target pixels whose vector is all zero are invalid and ignored. The angle is
+    2 atan2(|p - t|, |p + t|) of the unit vectors, as InvPT's ``NormalsMeter``
+    (evaluation/eval_normals.py): exact near 0 degrees, where acos of a float32 cosine is not.
+    A zero prediction is 90 degrees from everything.
+    """
+
+    higher_is_better = False
+
+    def __init__(self):
+        self.total, self.n = 0.0, 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        _check_batch(pred, target, "mErr")
+        valid = target.abs().sum(dim=1) > 0
+        p, t = F.normalize(pred.double(), dim=1), F.normalize(target.double(), dim=1)
+        ang = torch.rad2deg(2 * torch.atan2((p - t).norm(dim=1), (p + t).norm(dim=1)))
+        self.total += float(ang[valid].sum())
+        self.n += int(valid.sum())
+
+    def compute(self) -> float:
+        return self.total / self.n if self.n else float("nan")
+
+
+def _thresholds(n: int) -> np.ndarray:
+    """``n`` evenly spaced thresholds k / (n + 1), k = 1..n: 19 give InvPT's 0.05, ..., 0.95,
+    99 give the BSDS benchmark's 0.01, ..., 0.99."""
+    if int(n) != n or n < 1:
+        raise ConfigError(f"n_thresholds={n}: give a whole number of thresholds >= 1 (19 for "
+                          "0.05 steps, 99 for 0.01)")
+    return np.arange(1, int(n) + 1) / (int(n) + 1)
+
+
+class SaliencyMaxF:
+    """Maximal F-measure (beta^2 = 0.3) of saliency probabilities, in percent.
+
+    As InvPT's ``SaliencyMeter`` (evaluation/eval_sal.py, ``threshold_step=0.05``,
+    ``beta_squared=0.3``): at each threshold 0.05, 0.10, ..., 0.95 a pixel is salient when its
+    probability is >= the threshold; true, predicted and actual positives (target > 0.5; InvPT's
+    loader binarises at 0.5) are summed over every valid pixel (label != 255) of the dataset;
+    F of those totals (0 where undefined), maximised over thresholds. Pooling weighs every
+    pixel alike: not a per-image average of precision and recall.
+
+    InvPT's meter passes the probability through a second sigmoid (``sigmoid(softmax * 255 /
+    255)``), so its thresholds act at probability logit(t) for t in 0.55..0.70 and at 0 or 1
+    otherwise; ``invpt_sigmoid=True`` reproduces that, the default thresholds the probability.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, n_thresholds: int = 19, beta2: float = 0.3, invpt_sigmoid: bool = False):
+        self.th = torch.tensor(_thresholds(n_thresholds), dtype=torch.float32)
+        self.beta2 = beta2
+        self.invpt_sigmoid = invpt_sigmoid
+        self.counts = torch.zeros(3, n_thresholds, dtype=torch.float64)  # tp, predicted, actual
+        self.n = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        _check_batch(pred, target, "maxF")
+        p, t = pred.float().cpu().flatten(), target.cpu().flatten()
+        valid = t != IGNORE_INDEX
+        p, t = p[valid], t[valid] > 0.5
+        if self.invpt_sigmoid:
+            p = torch.sigmoid(p)
+        above = p[None, :] >= self.th[:, None]  # (T, N)
+        self.counts[0] += (above & t[None]).sum(1).double()
+        self.counts[1] += above.sum(1).double()
+        self.counts[2] += float(t.sum())
+        self.n += int(valid.sum())
+
+    def compute(self) -> float:
+        if not self.n:
+            return float("nan")
+        tp, npred, nact = self.counts
+        p, r = tp / npred, tp / nact  # nan where undefined, scored 0 below as InvPT does
+        f = ((1 + self.beta2) * p * r / (self.beta2 * p + r)).nan_to_num(nan=0.0)
+        return float(f.max()) * 100
+
+
+def match_boundaries(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> tuple[int, int]:
+    """One-to-one matching of boolean boundary maps within ``max_dist`` pixels.
+
+    Returns (matched predicted pixels, matched true pixels); both equal the matching size.
+    """
+    pp, gp = np.argwhere(pred), np.argwhere(gt)
+    if len(pp) == 0 or len(gp) == 0:
+        return 0, 0
+    pairs = cKDTree(pp).sparse_distance_matrix(cKDTree(gp), max_dist, output_type="coo_matrix")
+    if pairs.nnz == 0:
+        return 0, 0
+    graph = coo_matrix((np.ones(pairs.nnz), (pairs.row, pairs.col)), shape=pairs.shape).tocsr()
+    match = maximum_bipartite_matching(graph, perm_type="column")
+    m = int((match >= 0).sum())
+    return m, m
+
+
+class BoundaryODSF:
+    """Optimal-dataset-scale F-measure (odsF) of boundary maps.
+
+    Per threshold, the prediction is binarised and thinned (scikit-image), its pixels are matched
+    one-to-one with ground-truth boundary pixels within ``max_dist`` times the image diagonal
+    (0.011 NYUD-v2, 0.0075 PASCAL), and counts are summed over the dataset; odsF is the best
+    F over thresholds of those totals, in percent: one threshold for the whole dataset (ODS),
+    not each image's best (OIS, which is higher). Thresholds k / 100 (k = 1..99) with
+    prediction >= threshold, as the BSDS benchmark.
+
+    Differences from the MATLAB SEISM/BSDS tool: matching is a maximum-cardinality bipartite
+    matching (Hopcroft-Karp, scipy) of pixels within the Euclidean tolerance rather than SEISM's
+    minimum-cost assignment (``correspondPixels``); the ground truth is not thinned; there is
+    one ground-truth map per image; no border is cropped. Numbers are close, not identical.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, max_dist: float = 0.011, n_thresholds: int = 99):
+        if not 0 < max_dist < 1:
+            raise ConfigError(
+                f"odsF max_dist={max_dist} must be a fraction of the diagonal in (0, 1)")
+        self.max_dist = max_dist
+        self.th = _thresholds(n_thresholds)
+        # per threshold: matched predicted, predicted, matched true, true boundary pixels
+        self.counts = np.zeros((n_thresholds, 4), np.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        _check_batch(pred, target, "odsF")
+        for p, t in zip(pred.float().cpu().numpy(), target.cpu().numpy()):
+            p, t = p.reshape(p.shape[-2:]), t.reshape(t.shape[-2:])
+            valid = t != IGNORE_INDEX
+            gt = (t > 0.5) & valid
+            tol = self.max_dist * float(np.hypot(*gt.shape))
+            for i, th in enumerate(self.th):
+                b = (p >= th) & valid
+                if b.any():
+                    b = thin(b)
+                mp, mg = match_boundaries(b, gt, tol)
+                self.counts[i] += (mp, int(b.sum()), mg, int(gt.sum()))
+
+    def compute(self) -> float:
+        mp, npred, mg, ngt = self.counts.T.astype(np.float64)
+        if ngt.max() == 0 and npred.max() == 0:
+            return float("nan")
+        prec = np.divide(mp, npred, out=np.zeros_like(mp), where=npred > 0)
+        rec = np.divide(mg, ngt, out=np.zeros_like(mg), where=ngt > 0)
+        f = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(prec), where=prec + rec > 0)
+        return float(f.max()) * 100
+
+
+_MAX_DIST = {"nyud": 0.011, "pascal": 0.0075, "synthetic": 0.011}
+
+
+def make_metric(task: str, *, dataset: str = "synthetic", num_classes: int | None = None,
+                **options):
+    """The metric object of ``task`` (name or alias), configured for ``dataset``.
+
+    Options: ``num_classes`` (class tasks), ``n_thresholds`` (maxF, odsF), ``max_dist`` (odsF),
+    ``invpt_sigmoid`` (maxF).
+    """
+    spec = get_task(task)
+    if spec.metric == "mIoU":
+        return MeanIoU(num_classes or spec.out_channels(dataset))
+    if spec.metric == "RMSE":
+        return DepthRMSE()
+    if spec.metric == "mErr":
+        return NormalsMeanError()
+    if spec.metric == "maxF":
+        return SaliencyMaxF(**options)
+    options.setdefault("max_dist", _MAX_DIST.get(dataset, 0.011))
+    return BoundaryODSF(**options)
