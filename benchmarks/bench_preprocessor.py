@@ -1,7 +1,7 @@
 """The pre-processor baseline (Lu et al.): its JPEG proxy against real bytes, and pre-processor +
 JPEG against plain JPEG through the quick semseg baseline, on held-out synthetic scenes.
 
-1. Proxy agreement (``icm_core.baselines.preprocessor.proxy_agreement``): proxy bits against the real
+1. Proxy agreement (``icm_core.baselines.jpeg_proxy.proxy_agreement``): proxy bits against the real
    JPEG file size of every (image, quality) pair, on ``SyntheticScenes("test")`` images at each
    size; Pearson, Spearman, median relative error, and the Spearman within single qualities
    (does the proxy rank images as JPEG does?).
@@ -11,7 +11,7 @@ JPEG against plain JPEG through the quick semseg baseline, on held-out synthetic
    lambda (frozen baseline, differentiable JPEG proxy), then on ``--sets`` disjoint sets of
    ``--images`` held-out test scenes: for every quality of the JPEG ladder the real bytes and
    the mIoU of plain JPEG and of pre-processor + JPEG at the same quality, and the BD-rate of
-   pre-processor + JPEG against plain JPEG (``icm_core.evaluation.evaluate.bd_rate``, with the mIoU range
+   pre-processor + JPEG against plain JPEG (``icm_core.evaluation.bdrate.bd_rate``, with the mIoU range
    it averages over; "not comparable" where it returns none).
 
 Writes ``benchmarks/results/preprocessor.json`` (atomically). Defaults are the README's

@@ -7,7 +7,7 @@ from icm_core.cli.main import main
 
 
 def test_help_runs_as_console_script():
-    r = subprocess.run([sys.executable, "-m", "icm_core.cli.main.main", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: icm" in r.stdout
 
 

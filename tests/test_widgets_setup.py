@@ -1,4 +1,4 @@
-"""Setup panel, its readout (icm_core.evaluation.cost) and the override helpers (icm_core.workspace.runs.queue).
+"""Setup panel, its readout (icm_core.evaluation.cost) and the override helpers (icm_core.workspace.queue).
 
 Panels are driven as a user would: widget values set, buttons clicked; state is then read.
 """

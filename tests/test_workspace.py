@@ -1,4 +1,4 @@
-"""icm_core.workspace.runs.runs: runs of a workspace folder (CLI-made, nested sweeps, stopped, broken),
+"""icm_core.workspace.runs: runs of a workspace folder (CLI-made, nested sweeps, stopped, broken),
 their settings and status, delete (inside the workspace only) and export."""
 
 import json

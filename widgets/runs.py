@@ -1,6 +1,6 @@
 """Runs panel: every run of a workspace folder, to compare, delete, export or inspect.
 
-Reads the folder through ``icm_core.workspace.runs.runs`` (runs started by the queue and by ``icm train``
+Reads the folder through ``icm_core.workspace.runs`` (runs started by the queue and by ``icm train``
 on the command line alike) and holds no state of its own beyond the selection. Other panels
 listen: ``on_compare(fn(paths))`` (the rate-accuracy panel) and ``on_open(fn(path))`` (the
 inspector).

@@ -1,7 +1,7 @@
 """Setup panel: an experiment's settings, generated from the config dataclasses, with a live
 readout of what it costs (``icm_core.evaluation.cost.setup_readout``) and its ``icm train`` line.
 
-Every widget comes from a field of ``icm_core.config.schema.schema`` (its ``help`` metadata is the tooltip,
+Every widget comes from a field of ``icm_core.config.schema`` (its ``help`` metadata is the tooltip,
 ``choices`` a dropdown or toggle buttons, bools checkboxes, numbers number boxes, anything
 else a text box in Hydra syntax), so a new config field appears here without widget code.
 Hydra groups (experiment, backbone, adapter, ...) are pickers over ``icm_core/conf/``.

@@ -1,5 +1,5 @@
 """Train panel: Start / Stop / Resume runs of the Setup panel's settings in the background
-queue (``icm_core.workspace.runs.queue.RunQueue``), with live progress, curves and log.
+queue (``icm_core.workspace.queue.RunQueue``), with live progress, curves and log.
 
 Queue events arrive on the queue's worker thread. ipywidgets (8, on ipykernel 6+) sends a
 trait change from any thread straight to the kernel's IOPub thread, so the browser sees the

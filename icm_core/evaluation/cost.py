@@ -2,7 +2,7 @@
 
 Everything comes from the meta device (shapes, no memory, no weights): the trainable share of
 the backbone and the adapter's safetensors size are ``icm info``'s own numbers
-(``icm_core.cli.main.main.main.main.model_info``), the decoder's FLOPs are counted by
+(``icm_core.evaluation.cost.model_info``), the decoder's FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on a meta build of the decoder (it counts matrix
 multiplications and convolutions, 2 FLOPs per multiply-add; interpolations, normalizations
 and activations are not counted). Results are cached by overrides, so the panel can recompute

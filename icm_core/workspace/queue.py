@@ -51,7 +51,7 @@ from icm_core.training.checkpoint import has_checkpoint, load_config_file, resol
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "queue-state.json"  # {"status", "error", "overrides"}: what icm_core.workspace.runs.runs.runs.runs reads
+STATE_FILE = "queue-state.json"  # {"status", "error", "overrides"}: what icm_core.workspace.runs reads
 STATUSES = ("queued", "running", "stopped", "done", "failed")
 
 
