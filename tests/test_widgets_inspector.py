@@ -8,9 +8,11 @@ import torch
 from plotly.callbacks import Points
 
 from icm_core.codec import coder
+from icm_core.errors import ConfigError
 from icm_core.inspection import image as ins
 from icm_core.models.icm import build_model
 from icm_core.training.checkpoint import save_checkpoint
+from icm_core.viz import inspector as figs
 from widgets.inspector import VIEWS, InspectorPanel
 
 from .helpers import tiny_config
@@ -145,3 +147,18 @@ def test_open_a_sweep_run_and_move_the_lambda_slider(tmp_path, panel):
     assert f"stream {other.total_bytes} bytes" in p.bits_text.value
     p.set_image(999)  # a scene that does not exist: said in the panel, nothing raised
     assert "DatasetError" in p.message.value
+
+
+def test_inspector_figures_are_library_code(panel):
+    """The figures live in icm_core.viz.inspector (the panel only wires them): a bit map is
+    cropped to the positions that cover the image, on the total map's colour scale."""
+    b, image = panel.insp.bits, panel.insp.image
+    h, w = b.valid_hw
+    fig = figs.bits_figure(image, b, "step1", opacity=0.3)
+    np.testing.assert_allclose(np.asarray(fig.data[1].z, dtype=float), b.step1_map[:h, :w].numpy())
+    assert fig.data[1].zmax == pytest.approx(float(b.bits_map[:h, :w].max()))
+    assert fig.data[1].opacity == 0.3 and fig.data[1].dx == b.latent_stride
+    with pytest.raises(ConfigError, match="choose one of"):
+        figs.bits_figure(image, b, "step3")
+    assert figs.error_caption(None, "abs error") == ""
+    assert figs.error_caption(np.array([[1.0, np.nan], [3.0, 5.0]]), "abs error") == "mean abs error: 3"
