@@ -4,7 +4,8 @@ What a user does with notebook 01: open it, run every cell, press Start in the T
 the live curve while another cell runs, press Stop. The script checks that the panel really
 updates while the kernel is busy elsewhere (the progress text changes between two looks taken
 during a ``time.sleep`` cell) and that Stop leaves the run stopped, and saves a screenshot of
-each stage (and of every other tab) into ``--out``. Then notebook 03 (with ``QUICK = True``):
+each stage (and of every other tab) into ``--out``; the Workbench's Inspector tab must show
+the Inspector panel (its message line and five views). Then notebook 03 (with ``QUICK = True``):
 a screenshot of every inspector view, and a mouse click on the attention map that must move
 the query.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 INSPECT_NOTEBOOK = "03_inspect.ipynb"
+INSPECTOR_VIEWS = ("Predictions", "Bits", "Latents", "Attention", "DoRA")  # widgets.inspector.VIEWS
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
@@ -130,13 +132,29 @@ def _query_text(page) -> str:
     return next((t for t in _texts(page, ".widget-html") if "query at" in t), "")
 
 
+def _visible(page, selector: str, text: str) -> bool:
+    found = page.locator(selector, has_text=text)
+    return any(found.nth(k).is_visible() for k in range(found.count()))
+
+
+def workbench_inspector(page) -> dict:
+    """The Workbench's Inspector tab, just opened: its panel (the message line and the five
+    view tabs) must be shown, not the placeholder or a note that it failed to open."""
+    views = [v for v in INSPECTOR_VIEWS if _visible(page, ".lm-TabBar-tabLabel", v)]
+    message = _visible(page, ".widget-html", "open a run folder or a model")
+    failed = _visible(page, ".widget-html", "failed to open")
+    return {"message": message, "views": views, "failed": failed,
+            "placeholder": _visible(page, ".widget-html", "opens when selected"),
+            "shown": message and len(views) == len(INSPECTOR_VIEWS) and not failed}
+
+
 def inspect_views(page, port: int, token: str, report: dict, shot) -> None:
     """Notebook 03 (QUICK): every inspector view, and a mouse click on the attention figure
     that must move the query (the text under the controls names the query pixel)."""
     _open_and_run_all(page, port, token, INSPECT_NOTEBOOK)
     _wait_all_cells_ran(page, 300)
     page.wait_for_timeout(3000)
-    for view in ("Predictions", "Bits", "Latents", "Attention", "DoRA"):
+    for view in INSPECTOR_VIEWS:
         tab = page.locator(".lm-TabBar-tabLabel", has_text=view).first
         tab.scroll_into_view_if_needed()
         tab.click()
@@ -233,6 +251,8 @@ def run(out: Path, notebook: str, wait_s: float, chromium: str) -> dict:
                         t.first.click()
                         page.wait_for_timeout(2500)
                         t.first.scroll_into_view_if_needed()
+                        if tab == "Inspector":
+                            report["workbench_inspector"] = workbench_inspector(page)
                         shot(page, f"tab-{tab.lower()}")
                 # 3. the inspector (notebook 03): every view, a click on the attention map
                 page.close()  # one page per notebook: two pages saving one file conflict
@@ -271,6 +291,7 @@ def main(argv=None) -> int:
           and report.get("notebook_run", {}).get("live")
           and report.get("start_click", {}).get("live")
           and report["start_click"]["kernel_busy"]
+          and report.get("workbench_inspector", {}).get("shown")
           and report.get("attention_click", {}).get("moved"))
     return 0 if ok else 1
 

@@ -2,7 +2,8 @@
 
 Runs where Debian's chromium and playwright (``pip install -e ".[ui]"``) are installed, and is
 skipped with the reason elsewhere (CI has no browser). The script runs notebook 01, checks the
-Train panel updates live while another cell runs, that Stop stops, and screenshots every tab;
+Train panel updates live while another cell runs, that Stop stops, that the Workbench's
+Inspector tab shows the Inspector panel, and screenshots every tab;
 then runs notebook 03, screenshots every inspector view and clicks the attention map with the
 mouse (the query must move: plotly drops the clicks of a figure changed while it draws).
 """
@@ -35,6 +36,7 @@ def test_workbench_updates_live_and_stops_in_jupyterlab(tmp_path):
     assert report["notebook_run"]["live"] and report["notebook_stopped"]
     assert report["start_click"]["live"] and report["start_click"]["kernel_busy"]
     assert report["stopped"]
+    assert report["workbench_inspector"]["shown"], report["workbench_inspector"]
     assert report["attention_click"]["moved"], report["attention_click"]
     assert len(report["screenshots"]) >= 13 and all(Path(p).stat().st_size > 10_000
                                                    for p in report["screenshots"])

@@ -8,9 +8,11 @@ import torch
 from plotly.callbacks import Points
 
 from icm_core.codec import coder
+from icm_core.errors import ConfigError
 from icm_core.inspection import image as ins
 from icm_core.models.icm import build_model
 from icm_core.training.checkpoint import save_checkpoint
+from icm_core.viz import inspector as figs
 from widgets.inspector import VIEWS, InspectorPanel
 
 from .helpers import tiny_config
@@ -43,7 +45,7 @@ def test_predictions_view_shows_the_error_of_a_scene(panel):
 
 
 def test_bits_view_shows_the_stream_sections_and_the_map(panel):
-    panel.show("Bits")
+    panel.select_view("Bits")
     b = panel.insp.bits
     stream = coder.encode(panel.model, panel.insp.image, panel.insp.task)
     real = [bar.y[0] for bar in panel.sections_fig.data]
@@ -64,7 +66,7 @@ def test_bits_view_shows_the_stream_sections_and_the_map(panel):
 
 
 def test_attention_click_selects_the_query(panel):
-    panel.show("Attention")
+    panel.select_view("Attention")
     fig = panel.att_fig
     fig.data[1]._dispatch_on_click(Points(point_inds=[0], xs=[150.0], ys=[100.0], trace_name="",
                                           trace_index=1), None)
@@ -94,7 +96,7 @@ def test_attention_figure_changes_in_place_only_once_drawn(panel):
     """plotly's widget drops a figure's click handler when the figure changes while its view is
     still drawing (widgets/_figure.py): until the view reports its traces, a new query builds a
     new figure; afterwards the drawn figure is updated in place."""
-    panel.show("Attention")
+    panel.select_view("Attention")
     first = panel.att_fig
     panel.select_query(20.0, 20.0)
     second = panel.att_fig
@@ -107,7 +109,7 @@ def test_attention_figure_changes_in_place_only_once_drawn(panel):
 
 
 def test_latents_and_dora_views(panel):
-    panel.show("Latents")
+    panel.select_view("Latents")
     order = panel.insp.channel_order()
     assert [v for _, v in panel.channel.options] == order
     panel.channel.value = order[1]
@@ -115,7 +117,7 @@ def test_latents_and_dora_views(panel):
     shown = {d.name: np.asarray(d.z, dtype=float) for d in panel.planes_fig.data}
     np.testing.assert_allclose(shown["bits"], i.element_bits[order[1]].numpy(), rtol=1e-6)
     np.testing.assert_allclose(shown["y_hat"], i.entropy.y_hat[0, order[1]].numpy())
-    panel.show("DoRA")
+    panel.select_view("DoRA")
     assert panel.layer.options[0] == "blocks.0.attn.q_proj"
     v = panel.dora
     np.testing.assert_allclose(np.asarray(panel.dora_fig.data[0].y), v.magnitude)
@@ -137,11 +139,26 @@ def test_open_a_sweep_run_and_move_the_lambda_slider(tmp_path, panel):
     p = InspectorPanel().open(tmp_path / "l4.0")
     assert [o[0] for o in p.lmbda.options] == ["0.5", "4"] and p.lmbda.value == 1
     assert not p.lmbda.disabled
-    p.show("Bits")
+    p.select_view("Bits")
     p.lmbda.value = 0
     other = ins.bit_allocation(ins.load_run(tmp_path / "l0.5"), p.insp.image, p.insp.task)
     assert [bar.y[0] for bar in p.sections_fig.data] == [other.header_bytes, other.z_bytes,
                                                          other.step1_bytes, other.step2_bytes]
     assert f"stream {other.total_bytes} bytes" in p.bits_text.value
     p.set_image(999)  # a scene that does not exist: said in the panel, nothing raised
-    assert "DatasetError" in p.status.value
+    assert "DatasetError" in p.message.value
+
+
+def test_inspector_figures_are_library_code(panel):
+    """The figures live in icm_core.viz.inspector (the panel only wires them): a bit map is
+    cropped to the positions that cover the image, on the total map's colour scale."""
+    b, image = panel.insp.bits, panel.insp.image
+    h, w = b.valid_hw
+    fig = figs.bits_figure(image, b, "step1", opacity=0.3)
+    np.testing.assert_allclose(np.asarray(fig.data[1].z, dtype=float), b.step1_map[:h, :w].numpy())
+    assert fig.data[1].zmax == pytest.approx(float(b.bits_map[:h, :w].max()))
+    assert fig.data[1].opacity == 0.3 and fig.data[1].dx == b.latent_stride
+    with pytest.raises(ConfigError, match="choose one of"):
+        figs.bits_figure(image, b, "step3")
+    assert figs.error_caption(None, "abs error") == ""
+    assert figs.error_caption(np.array([[1.0, np.nan], [3.0, 5.0]]), "abs error") == "mean abs error: 3"

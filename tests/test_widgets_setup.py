@@ -35,7 +35,7 @@ def test_readout_equals_icm_info(overrides):
     # what the panel shows is that readout
     assert f"{info['trainable_backbone_params']:,} of {info['backbone_params']:,}" in panel.readout_html.value
     assert f"{info['adapter_bytes']:,} B" in panel.readout_html.value
-    assert panel.error.value == ""
+    assert panel.message.value == ""
 
 
 def test_rank_and_targets_change_the_trainable_count_by_the_lora_formula():
@@ -135,7 +135,7 @@ def test_panel_to_command_line_to_panel_is_the_identity():
     panel.fields["data.size"].parts[1].value = 96                  # size: H x W
     panel.fields["lmbda"].widget.value = 0.25
     panel.fields["name"].widget.value = "my run's name"            # needs quoting
-    assert panel.error.value == ""
+    assert panel.message.value == ""
     ov = panel.overrides()
     assert ov[0] == "experiment=quick"
     for o in ("adapter.rank=4", "adapter.targets=[q,v,up]", "model.inter_sup=false", "adapter.mode=lora",
@@ -177,7 +177,7 @@ def test_yaml_config_file_and_run_folder_load_back(tmp_path):
     other = SetupPanel.from_overrides(TINY, live_readout=False)
     other.command.value = str(f)                 # a config file, through the Load button
     other.load_button.click()
-    assert other.error.value == "" and other.config() == want
+    assert other.message.value == "" and other.config() == want
     run = tmp_path / "run"
     (run / "ckpt-000004").mkdir(parents=True)
     (run / "ckpt-000004" / "config.yaml").write_text(panel.yaml().replace("out_dir: outputs",
@@ -191,23 +191,23 @@ def test_yaml_config_file_and_run_folder_load_back(tmp_path):
 def test_bad_values_show_the_error_text_inline():
     panel = SetupPanel.from_overrides(TINY)
     panel.fields["adapter.rank"].widget.value = 0
-    assert "ConfigError: adapter.rank=0 must be &gt;= 1" in panel.error.value
-    assert "Traceback" not in panel.error.value
+    assert "ConfigError: adapter.rank=0 must be &gt;= 1" in panel.message.value
+    assert "Traceback" not in panel.message.value
     assert "invalid" in panel.readout_html.value
     with pytest.raises(ConfigError):
         panel.readout()
     panel.fields["adapter.rank"].widget.value = 2
-    assert panel.error.value == "" and panel.readout()["adapter"]["rank"] == 2
+    assert panel.message.value == "" and panel.readout()["adapter"]["rank"] == 2
     # an invalid combination of valid values
     panel.command.value = "icm train adapter=full task=nyud_all data=nyud"
     panel.load_button.click()
-    assert "trains the whole backbone" in panel.error.value
+    assert "trains the whole backbone" in panel.message.value
     # bad syntax in a text box, and an unknown key
     panel.fields["backbone.depth"].widget.value = "[1,"
-    assert "backbone.depth=[1," in panel.error.value
+    assert "backbone.depth=[1," in panel.message.value
     panel.command.value = "icm train adapter.rnak=4"
     panel.load_button.click()
-    assert "&#x27;adapter.rnak&#x27;: not a config field" in panel.error.value
+    assert "'adapter.rnak': not a config field" in panel.message.value
 
 
 def test_override_values_round_trip_through_hydra_syntax():

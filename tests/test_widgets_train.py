@@ -83,7 +83,7 @@ def test_panel_shows_progress_curves_and_log(straight, panel_run):
     log = panel.log.value
     assert "a: stopped at step 2" in log and "checkpoint" in log and "mIoU" in log
     assert "RANDOM weights" in log  # the backbone warning, logged on the queue's thread
-    assert panel.stop_button.disabled and panel.error.value == ""
+    assert panel.stop_button.disabled and panel.message.value == ""
 
 
 def test_a_failing_job_reports_one_line_and_the_queue_goes_on(tmp_path):
@@ -103,7 +103,7 @@ def test_a_failing_job_reports_one_line_and_the_queue_goes_on(tmp_path):
     assert queue.wait(300)
     assert bad.status == "failed" and good.status == "done"
     assert bad.error.startswith("DatasetError: data='nyud'") and "\n" not in bad.error
-    assert "bad failed: DatasetError" in panel.error.value  # shown in the panel, one line
+    assert "bad failed: DatasetError" in panel.message.value  # shown in the panel, one line
     assert [s for n, s in statuses if n == "bad"] == ["queued", "running", "failed"]
     assert [s for n, s in statuses if n == "good"] == ["queued", "running", "done"]
     assert statuses.index(("bad", "failed")) < statuses.index(("good", "running"))
@@ -116,11 +116,11 @@ def test_bad_settings_are_refused_before_queueing(tmp_path):
     panel = TrainPanel(queue, SetupPanel.from_overrides(TINY, live_readout=False))
     panel.setup.fields["adapter.rank"].widget.value = 0
     assert panel.start() is None and queue.jobs == []
-    assert "adapter.rank=0 must be &gt;= 1" in panel.error.value
+    assert "adapter.rank=0 must be &gt;= 1" in panel.message.value
     with pytest.raises(ConfigError, match="lmbda"):
         queue.submit(["lmbda=-1"])
     panel.resume_button.click()  # nothing stopped: says so, queues nothing
-    assert "nothing to resume" in panel.error.value and queue.jobs == []
+    assert "nothing to resume" in panel.message.value and queue.jobs == []
 
 
 def test_a_command_line_run_folder_resumes_with_its_own_settings(straight):

@@ -1,16 +1,18 @@
 """The workbench's ipywidgets panels; they call ``icm_core`` and hold no model math.
 
-``from widgets import Workbench; Workbench("runs/").show()``. Names are imported on first use,
-so ``import widgets`` stays light.
+``from widgets import Workbench; Workbench("runs/").show()``. Every panel is one file on
+``widgets._panel.Panel`` (its docstring is the panel contract) and one row of
+``widgets.registry.PANELS``, from which the exported names below come. Names are imported on
+first use, so ``import widgets`` stays light.
 """
 
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"Workbench": "widgets.workbench", "SetupPanel": "widgets.setup",
-            "TrainPanel": "widgets.train_panel", "RunsPanel": "widgets.runs", "RAPanel": "widgets.ra",
-            "AblationPanel": "widgets.ablation", "InspectorPanel": "widgets.inspector"}
+from widgets.registry import exports
+
+_EXPORTS = exports()
 __all__ = list(_EXPORTS)
 
 

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from icm_core.config.schema import ADAPTER_MODES
 from icm_core.errors import ConfigError, ICMError
 from icm_core.studies import ablation as ab
-from widgets._panel import MessagePanel
+from widgets._panel import Panel
 
 
 def _finished(run_dir: Path) -> bool:
@@ -29,12 +29,13 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-class AblationPanel(MessagePanel):
+class AblationPanel(Panel):
     """``points()`` the grid, ``estimate()`` its cost, ``run()`` submits it; ``rows``, ``figure``
     and ``saved`` (HTML, CSV) are refreshed as its runs finish."""
 
     def __init__(self, workspace: str | Path, queue, setup=None, base=("experiment=quick",),
                  name: str = "ablation"):
+        super().__init__()  # the message line
         self.workspace = Path(workspace)
         self.queue = queue
         self.setup = setup
@@ -59,7 +60,6 @@ class AblationPanel(MessagePanel):
         self.estimate_button = w.Button(description="Estimate cost", icon="clock-o")
         self.run_button = w.Button(description="Run grid", icon="play", button_style="success")
         self.cost_text = w.HTML()
-        self.message = w.HTML()
         self.figure = go.FigureWidget()
         self.links = w.HTML()
         self.estimate_button.on_click(lambda _: self._guard(self.estimate))

@@ -1,11 +1,13 @@
 """Inspector panel: look inside a trained model, one image and one task at a time.
 
 Views: Predictions, Bits, Latents, Attention, DoRA. Thin: everything shown is computed by
-``icm_core.inspection.image*`` (cached per weights and image), this file only wires controls to figures::
+``icm_core.inspection`` (cached per weights and image) and drawn by ``icm_core.viz.inspector``;
+this file only wires controls to figures::
 
     panel = InspectorPanel()
     panel.open("runs/depth")          # a run folder, a ckpt-* folder or a live ICMModel
     panel                             # display it in a notebook
+    panel.select_view("Bits")         # what clicking a view's tab does
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import ipywidgets as W
-import numpy as np
 import plotly.graph_objects as go
 
 from icm_core.errors import ICMError
@@ -21,20 +22,22 @@ from icm_core.inspection import attention as att
 from icm_core.inspection import dora
 from icm_core.inspection import image as ins
 from icm_core.inspection.error_maps import error_map, error_unit
-from widgets import inspector_figures as figs
+from icm_core.viz import inspector as figs
 from widgets._figure import drawn, live_figure
+from widgets._panel import Panel
 
 VIEWS = ("Predictions", "Bits", "Latents", "Attention", "DoRA")
 PLANES = ["y_hat", "coded mean", "coded scale", "residual", "bits", "hyper mean", "hyper scale",
           "spatial mean", "spatial scale", "step 1"]
 
 
-class InspectorPanel:
+class InspectorPanel(Panel):
     """Args:
     workspace: the workbench's workspace (kept for the Runs panel; not needed to inspect).
     """
 
     def __init__(self, workspace=None):
+        super().__init__()  # the message line: what is shown, or why it cannot be
         self.workspace = workspace
         self.model = None
         self.run_dir: Path | None = None
@@ -42,7 +45,7 @@ class InspectorPanel:
         self.insp: ins.Inspection | None = None
         self.query: att.QueryWeights | None = None
         self._source = 0
-        self.status = W.HTML("open a run folder or a model")
+        self._say("open a run folder or a model")
         self.source = W.Text(value="0", description="image",
                              placeholder="validation scene index or an image path")
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload photo")
@@ -55,12 +58,8 @@ class InspectorPanel:
                                     self.dora_box], titles=VIEWS)
         self._stale: set[str] = set()
         self.tabs.observe(lambda _: self._render(), names="selected_index")
-        self.ui = W.VBox([W.HBox([self.source, self.upload, self.task]), self.status, self.tabs])
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.ui)
+        self.widget = W.VBox([W.HBox([self.source, self.upload, self.task]), self.message,
+                              self.tabs])
 
     # -- controls ------------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -145,19 +144,29 @@ class InspectorPanel:
         try:
             self.insp = ins.inspect_image(self.model, self._source, self.task.value)
         except ICMError as e:
-            self.status.value = f"<b style='color:#b00'>{type(e).__name__}</b>: {e}"
+            self._say(f"{type(e).__name__}: {e}", error=True)
             return
         i = self.insp
         what = str(self.run_dir) if self.run_dir else "live model"
-        self.status.value = (f"{what} &middot; {i.source.name} &middot; {i.task} &middot; "
-                             f"{i.bits.total_bytes} bytes, {i.bits.bpp:.4f} bpp")
+        self._say(f"{what} · {i.source.name} · {i.task} · {i.bits.total_bytes} bytes, "
+                  f"{i.bits.bpp:.4f} bpp")
         self._stale = set(VIEWS)
         self._render()
 
-    def show(self, view: str) -> None:
+    def select_view(self, view: str) -> None:
         """Select a view's tab (it is drawn when first shown after a change)."""
+        if view not in VIEWS:
+            raise KeyError(f"no inspector view {view!r}; views are {list(VIEWS)}")
         self.tabs.selected_index = VIEWS.index(view)
         self._render()
+
+    def show(self, view: str | None = None) -> None:
+        """Display the panel (the Panel contract); ``show(view)`` selects a view instead, as
+        ``select_view`` does (kept for notebooks 03 and 05)."""
+        if view is None:
+            super().show()
+        else:
+            self.select_view(view)
 
     def _render(self) -> None:
         view = VIEWS[self.tabs.selected_index or 0]
@@ -177,8 +186,7 @@ class InspectorPanel:
         fig = figs.predictions_figure(i.task, i.image, i.target, i.preliminary, i.prediction, err,
                                       name)
         self.pred_fig = go.FigureWidget(fig)
-        mean = "" if err is None else f"mean {error_unit(i.task)}: {np.nanmean(err):.4g}"
-        self.pred_box.children = [self.pred_fig, W.HTML(mean)]
+        self.pred_box.children = [self.pred_fig, W.HTML(figs.error_caption(err, error_unit(i.task)))]
 
     def _show_bits(self, i) -> None:
         if i is None:
@@ -186,17 +194,11 @@ class InspectorPanel:
         self._bits_insp = i
         b = i.bits
         self.sections_fig = go.FigureWidget(figs.sections_figure(b.sections(), b.estimate_bytes()))
-        m = {"total": b.bits_map, "step1": b.step1_map, "step2": b.step2_map}[self.bits_which.value]
-        h, w = b.valid_hw
-        self.bits_fig = go.FigureWidget(figs.overlay_figure(
-            i.image, m[:h, :w].numpy(), b.latent_stride, "bits per latent position",
-            self.opacity.value, zmax=float(b.bits_map[:h, :w].max())))
-        self.channels_fig = go.FigureWidget(figs.channel_bars(b.bits_per_channel.numpy(),
+        self.bits_fig = go.FigureWidget(figs.bits_figure(i.image, b, self.bits_which.value,
+                                                         self.opacity.value))
+        self.channels_fig = go.FigureWidget(figs.channel_bars(b.bits_per_channel,
                                                               i.channel_order()))
-        self.bits_text.value = (
-            f"stream {b.total_bytes} bytes = header {b.header_bytes} + z {b.z_bytes} + step 1 "
-            f"{b.step1_bytes} + step 2 {b.step2_bytes}; {b.bpp:.4f} bpp real, "
-            f"{b.bpp_estimated:.4f} bpp estimated ({b.estimated_bits:.1f} bits)")
+        self.bits_text.value = figs.bits_caption(b)
         self.bits_box.children = [
             W.HBox([self.lmbda, self.bits_which, self.opacity]), self.bits_text,
             W.HBox([self.sections_fig, self.bits_fig]), self.channels_fig]
@@ -213,7 +215,7 @@ class InspectorPanel:
         try:
             other = ins.inspect_image(ins.load_run(run), self.insp.source, self.insp.task)
         except ICMError as e:
-            self.bits_text.value = f"<b style='color:#b00'>{type(e).__name__}</b>: {e}"
+            self._say(f"{type(e).__name__}: {e}", error=True)
             return
         self._show_bits(other)
 
@@ -221,9 +223,8 @@ class InspectorPanel:
         i = self.insp
         order = i.channel_order()
         bpc = i.bits.bits_per_channel
-        grid = {f"ch {c}": i.entropy.y_hat[0, c].numpy() for c in order[:10]}
-        self.grid_fig = go.FigureWidget(figs.planes_figure(grid, list(grid)))
-        gain = {"spatial prior saved (bits)": i.spatial_gain.numpy()}
+        self.grid_fig = go.FigureWidget(figs.channels_figure(i.entropy.y_hat[0], order))
+        gain = {"spatial prior saved (bits)": i.spatial_gain}
         self.gain_fig = go.FigureWidget(figs.planes_figure(gain, list(gain), cols=1))
         self.gain_fig.update_layout(width=300)
         self._refreshing = True
@@ -235,7 +236,7 @@ class InspectorPanel:
     def _show_channel(self) -> None:
         if self.insp is None or self.channel.value is None or getattr(self, "_refreshing", False):
             return
-        planes = {k: v.numpy() for k, v in self.insp.latent_planes(self.channel.value).items()}
+        planes = self.insp.latent_planes(self.channel.value)
         self.planes_fig = go.FigureWidget(figs.planes_figure(planes, PLANES))
         self.lat_box.children = [W.HTML("channels of y_hat, most bits first"), self.grid_fig,
                                  self.channel, self.planes_fig, self.gain_fig]
@@ -290,7 +291,7 @@ class InspectorPanel:
         zmax = float(z.max()) if z.size else None
         marker = ([q.query_pixel[1]], [q.query_pixel[0]])
         fig = getattr(self, "att_fig", None)
-        if fig is None or not drawn(fig) or np.shape(fig.data[1].z) != z.shape \
+        if fig is None or not drawn(fig) or not figs.same_shape(fig.data[1].z, z) \
                 or getattr(self, "_att_for", None) is not i:
             # a new figure with its final values: one changed before its view has drawn
             # would never report a click (widgets/_figure.py)
@@ -323,10 +324,7 @@ class InspectorPanel:
         v = dora.dora_view(self.model, self.task.value, self.layer.value)
         self.dora = v
         self.dora_fig = go.FigureWidget(figs.dora_figure(v))
-        text = (f"{v.mode.upper()} rank {v.rank}, s = {v.scaling:g}: rank of s B A "
-                f"{v.rank_of('lora')}, rank of W' - W0 {v.rank_of('delta')}; mean |m - ||W0||| "
-                f"{np.abs(v.magnitude - v.w0_norms).mean():.3g}, min cosine "
-                f"{v.direction_cosine.min():.6f}")
+        text = figs.dora_caption(v)
         if self.task_b.value not in (None, "-", self.task.value):
             c = dora.compare_tasks(self.model, self.task.value, self.task_b.value, self.layer.value)
             text += (f"<br>vs {self.task_b.value}: cosine of the two updates "

@@ -19,7 +19,9 @@ from plotly.colors import qualitative
 
 from icm_core.errors import ICMError
 from icm_core.evaluation.results import Curve, bd_table, curve_from_results, curves_from_points
-from widgets._panel import MessagePanel
+from icm_core.studies.compare import load_results
+from icm_core.studies.ra_curves import run_points
+from widgets._panel import Panel
 
 _HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
                "steps", "size")
@@ -42,11 +44,12 @@ def _bd_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.2f} %"
 
 
-class RAPanel(MessagePanel):
+class RAPanel(Panel):
     """``set_runs(paths)``, ``add_results(path)``, ``refresh()``; ``figures`` (task ->
     FigureWidget), ``curves`` and ``bd_rows`` hold what is shown."""
 
     def __init__(self, workspace: str | Path, queue=None, max_images: int | None = None):
+        super().__init__()  # the message line
         self.workspace = Path(workspace)
         self.max_images = max_images
         self.runs: list[Path] = []
@@ -65,7 +68,6 @@ class RAPanel(MessagePanel):
                                  tooltip="BD-rate of every curve against this one")
         self.plots = w.VBox()
         self.table = w.HTML()
-        self.message = w.HTML()
         self.add_button.on_click(lambda _: self._add_clicked())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.found.observe(lambda ch: self.path_box.set_trait("value", ch["new"] or ""), "value")
@@ -82,8 +84,6 @@ class RAPanel(MessagePanel):
         self.refresh()
 
     def add_results(self, path: str | Path) -> None:
-        from icm_core.studies.compare import load_results
-
         path = Path(path).expanduser()
         load_results(path)  # refuse a bad file here, with its reason, before keeping it
         if path not in self.results:
@@ -116,9 +116,6 @@ class RAPanel(MessagePanel):
             self._refresh()
 
     def _refresh(self) -> None:
-        from icm_core.studies.compare import load_results
-        from icm_core.studies.ra_curves import run_points
-
         points, self.errors = [], []
         for run in self.runs:
             try:

@@ -18,7 +18,7 @@ import ipywidgets as w
 
 from icm_core.errors import ICMError
 from icm_core.workspace.runs import RunInfo, delete_run, export_run, list_runs
-from widgets._panel import MessagePanel
+from widgets._panel import Panel
 
 COLUMNS = ("name", "status", "steps", "tasks", "adapter", "rank", "targets", "lmbda",
            "compression", "weights", "bpp", "metric")
@@ -49,10 +49,11 @@ def run_row(run: RunInfo) -> dict:
             "metric": f"{res.metric} {res.value:.4g}" if res else None, "note": run.note}
 
 
-class RunsPanel(MessagePanel):
+class RunsPanel(Panel):
     """Table of runs with refresh, compare, delete (confirmed), export and open-in-inspector."""
 
     def __init__(self, workspace: str | Path, queue=None, refresh_every_s: float = 5.0):
+        super().__init__()  # the message line
         self.workspace = Path(workspace)
         self.queue = queue
         self.runs: list[RunInfo] = []
@@ -81,7 +82,6 @@ class RunsPanel(MessagePanel):
         self.cancel_button = w.Button(description="Cancel")
         self.confirm_box = w.HBox([self.confirm_text, self.confirm_button, self.cancel_button],
                                   layout=w.Layout(display="none"))
-        self.message = w.HTML()
         self.refresh_button.on_click(lambda _: self.refresh())
         self.compare_button.on_click(lambda _: self._compare())
         self.open_button.on_click(lambda _: self._open())

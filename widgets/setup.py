@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
+from omegaconf import OmegaConf
 
 import icm_core.conf
 from icm_core.config import schema as C
@@ -36,6 +37,7 @@ from icm_core.evaluation.cost import compose as _compose
 from icm_core.evaluation.cost import setup_readout
 from icm_core.training.checkpoint import load_config_file
 from icm_core.workspace.queue import QUEUE_MANAGED, run_overrides
+from widgets._panel import Panel
 
 LABEL_W = "140px"  # description column: fits the longest field name (checkpoint_every)
 FIELD_W = "310px"
@@ -160,7 +162,7 @@ def config_fields() -> list[tuple[str, list[tuple[str, Any, str, Any]]]]:
 
 
 # -- the panel ------------------------------------------------------------------------------
-class SetupPanel:
+class SetupPanel(Panel):
     """Args:
     overrides: initial ``icm train`` overrides (default: the packaged defaults).
     live_readout: recompute the readout on every change (~1 s of CPU per new setting on a
@@ -168,6 +170,7 @@ class SetupPanel:
     """
 
     def __init__(self, overrides=(), live_readout: bool = True):
+        super().__init__()  # the message line: what is wrong with the settings
         self.live_readout = live_readout
         self._explicit: dict[str, Any] = {}  # fields the user set, by key
         self._syncing = False
@@ -188,7 +191,6 @@ class SetupPanel:
                 self.fields[key] = fw
                 items.append(fw.widget)
             boxes.append(self._section(section, items))
-        self.error = W.HTML(layout=W.Layout(width="100%"))
         self.readout_html = W.HTML(layout=W.Layout(width="100%"))
         self.command = W.Textarea(rows=4, tooltip="the equivalent command line; paste a command "
                                   "line, a config.yaml's text or a run folder here and press Load",
@@ -203,7 +205,7 @@ class SetupPanel:
             grid_template_columns="repeat(auto-fill, minmax(430px, 1fr))", grid_gap="8px",
             width="100%"))
         costs = W.VBox([W.HTML("<b>What it costs</b> (no training: a meta-device build)"),
-                        self.error, self.readout_html],
+                        self.message, self.readout_html],
                        layout=W.Layout(flex="1 1 420px", min_width="360px", margin="0 12px 0 0"))
         command = W.VBox([W.HTML("<b>Command line</b>"), self.command, self.load_button, yaml_box],
                          layout=W.Layout(flex="1 1 420px", min_width="360px"))
@@ -311,8 +313,6 @@ class SetupPanel:
         return _compose(tuple(self.overrides()))
 
     def yaml(self) -> str:
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_yaml(OmegaConf.structured(self.config()))
 
     def readout(self) -> dict:
@@ -331,8 +331,7 @@ class SetupPanel:
         self._refresh()
 
     def _show_error(self, e: BaseException) -> None:
-        self.error.value = (f"<div style='color:#b00020;border:1px solid #b00020;padding:4px;"
-                            f"white-space:pre-wrap'>{html.escape(f'{type(e).__name__}: {e}')}</div>")
+        self._say(f"{type(e).__name__}: {e}", error=True)
 
     def _refresh(self) -> None:
         """Recompose, show the resolved values, the command line, the YAML and the readout."""
@@ -351,15 +350,10 @@ class SetupPanel:
             self._explicit = {k: values[k] for k in self._explicit}  # as the config types them
             self.yaml_text.value = self.yaml()
             self.readout_html.value = readout_html(self.readout()) if self.live_readout else ""
-            self.error.value = ""
+            self._say("")
         except ICMError as e:
             self.readout_html.value = "<i style='color:#777'>no readout: the settings are invalid</i>"
             self._show_error(e)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 # -- the readout as HTML ----------------------------------------------------------------------

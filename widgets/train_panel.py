@@ -22,6 +22,8 @@ from plotly.subplots import make_subplots
 
 from icm_core.errors import ICMError
 from icm_core.workspace.queue import Job, RunQueue
+from widgets._panel import Panel
+from widgets.setup import SetupPanel
 
 MAX_POINTS = 3000
 
@@ -62,7 +64,7 @@ class _Curves:
         self.metric[ev.task] = ev.metric
 
 
-class TrainPanel:
+class TrainPanel(Panel):
     """Args:
     queue: the background run queue.
     setup: the Setup panel whose settings Start submits (default: a fresh one).
@@ -70,9 +72,8 @@ class TrainPanel:
     """
 
     def __init__(self, queue: RunQueue, setup=None, redraw_s: float = 0.5):
+        super().__init__()  # the message line: a refused Start, a failed run
         if setup is None:
-            from widgets.setup import SetupPanel
-
             setup = SetupPanel()
         self.queue, self.setup, self.redraw_s = queue, setup, redraw_s
         self.job: Job | None = None  # the run shown
@@ -96,14 +97,13 @@ class TrainPanel:
         self.command = W.HTML(layout=W.Layout(width="100%"))
         self.progress = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="100%"))
         self.status = W.HTML("no run yet")
-        self.error = W.HTML(layout=W.Layout(width="100%"))
         self.queue_html = W.HTML()
         self.log = W.HTML(layout=W.Layout(width="100%"))
         self.figure = self._make_figure()
         self.widget = W.VBox([
             W.HBox([self.start_button, self.stop_button, self.resume_button, self.run_name],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
-            self.command, self.progress, self.status, self.error, self.queue_html, self.figure,
+            self.command, self.progress, self.status, self.message, self.queue_html, self.figure,
             W.HTML("<b>Log</b> (newest first)"), self.log], layout=W.Layout(width="100%"))
         queue.subscribe(self._on_event)
         if queue.current is not None:  # a run already training: show it from its start
@@ -182,10 +182,8 @@ class TrainPanel:
         self.command.value = (f"<code style='font-size:12px;word-break:break-all'>"
                               f"{html.escape(self.setup.command_line())}</code>")
 
-    def _show_error(self, text: str | None) -> None:
-        self.error.value = "" if not text else (
-            f"<div style='color:#b00020;border:1px solid #b00020;padding:4px;white-space:pre-wrap'>"
-            f"{html.escape(text)}</div>")
+    def on_tab_opened(self) -> None:
+        self.show_command()
 
     def start(self) -> Job | None:
         """Submit the Setup panel's settings (what the Start button does)."""
@@ -194,10 +192,10 @@ class TrainPanel:
             self.setup.config()  # an invalid combination: its error, not a queued failure
             job = self.queue.submit(self.setup.overrides(), name=self.run_name.value.strip() or None)
         except ICMError as e:
-            self._show_error(f"{type(e).__name__}: {e}")
+            self._say(f"{type(e).__name__}: {e}", error=True)
             return None
-        self._show_error(None)
-        self._say(f"queued {job.name}: {' '.join(job.overrides)}")
+        self._say("")
+        self._log(f"queued {job.name}: {' '.join(job.overrides)}")
         if self.job is None or self.job.status != "running":
             self._follow(job)
         self._draw(force=True)
@@ -205,28 +203,29 @@ class TrainPanel:
 
     def stop(self) -> None:
         if self.queue.current is not None:
-            self._say(f"stopping {self.queue.current.name} at the next step boundary")
+            self._log(f"stopping {self.queue.current.name} at the next step boundary")
             self.queue.stop()
 
     def resume(self) -> Job | None:
         """Continue the shown run from its checkpoint (what the Resume button does)."""
         if self.job is None or self.job.status not in ("stopped", "failed"):
-            self._show_error("nothing to resume: the shown run is not stopped")
+            self._say("nothing to resume: the shown run is not stopped", error=True)
             return None
         try:
             job = self.queue.resume(self.job)
         except ICMError as e:
-            self._show_error(f"{type(e).__name__}: {e}")
+            self._say(f"{type(e).__name__}: {e}", error=True)
             return None
-        self._show_error(None)
-        self._say(f"resume queued: {job.name}")
+        self._say("")
+        self._log(f"resume queued: {job.name}")
         if self.job.status != "running":
             self._follow(job)
         self._draw(force=True)
         return job
 
     # -- events -----------------------------------------------------------------------------
-    def _say(self, line: str) -> None:
+    def _log(self, line: str) -> None:
+        """One line at the top of the log, with the time."""
         self._lines.appendleft(f"{time.strftime('%H:%M:%S')} {line}")
 
     def _follow(self, job: Job) -> None:
@@ -246,16 +245,16 @@ class TrainPanel:
             self._curves.add_eval(ev)
             if say:
                 bpp = "no compression" if ev.bpp is None else f"{ev.bpp:.4f} bpp (real bytes)"
-                self._say(f"step {ev.step} {ev.task}: {ev.metric} {ev.value:.4g} at {bpp}, "
+                self._log(f"step {ev.step} {ev.task}: {ev.metric} {ev.value:.4g} at {bpp}, "
                           f"{ev.images} images")
         elif say and kind == "checkpoint":
-            self._say(f"step {ev.step}: checkpoint {ev.path}")
+            self._log(f"step {ev.step}: checkpoint {ev.path}")
         elif say and kind == "log":
-            self._say(f"{ev.level}: {ev.message}")
+            self._log(f"{ev.level}: {ev.message}")
         elif say and kind == "status":
-            self._say(f"{job.name}: {ev.status}" + (f" at step {ev.step}" if ev.step else ""))
+            self._log(f"{job.name}: {ev.status}" + (f" at step {ev.step}" if ev.step else ""))
             if ev.status == "failed":
-                self._show_error(f"{job.name} failed: {ev.error}")
+                self._say(f"{job.name} failed: {ev.error}", error=True)
 
     def _on_event(self, job: Job, ev) -> None:
         """Queue subscriber (worker thread)."""
@@ -266,13 +265,8 @@ class TrainPanel:
             if job is self.job:
                 self._record(job, ev)
             elif ev.kind == "status" and ev.status == "failed":
-                self._say(f"{job.name} failed: {ev.error}")
+                self._log(f"{job.name} failed: {ev.error}")
         self._draw(force=ev.kind != "step")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 __all__ = ["TrainPanel"]

@@ -3,9 +3,11 @@
     from widgets import Workbench
     Workbench("runs/").show()
 
-Setup and Train are built at once; the other panels are imported and built the first time
-their tab is opened (or ``panel(title)`` is called), so the app appears quickly and a panel
-module that is missing shows a note in its tab instead of breaking the others.
+Its tabs are the rows of ``widgets.registry.PANELS``, in order. The eager panels (Setup,
+Train) are built at once; the others are imported and built the first time their tab is
+opened (or ``panel(title)`` is called), so the app appears quickly and a panel module that is
+missing or fails shows a note in its tab instead of breaking the others. Every tab shows its
+panel's ``widget`` (the contract in ``widgets._panel.Panel``).
 """
 
 from __future__ import annotations
@@ -17,17 +19,16 @@ import logging
 from pathlib import Path
 
 import ipywidgets as W
+from IPython.display import display
 
 from icm_core.workspace.queue import RunQueue
-from widgets.setup import SetupPanel
-from widgets.train_panel import TrainPanel
+from widgets._panel import check_panel
+from widgets.registry import PANELS, entry
 
 log = logging.getLogger(__name__)
 
-TABS = ("Setup", "Train", "Runs", "Rate-accuracy", "Ablation", "Inspector")
-LAZY = {"Runs": ("widgets.runs", "RunsPanel"), "Rate-accuracy": ("widgets.ra", "RAPanel"),
-        "Ablation": ("widgets.ablation", "AblationPanel"),
-        "Inspector": ("widgets.inspector", "InspectorPanel")}
+TABS = tuple(e.title for e in PANELS)
+LAZY = {e.title: (e.module, e.cls) for e in PANELS if not e.eager}
 
 
 class Workbench:
@@ -40,14 +41,26 @@ class Workbench:
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.queue = RunQueue(self.workspace)
-        self.setup = SetupPanel(overrides)
-        self.train = TrainPanel(self.queue, self.setup)
-        self.panels: dict[str, object] = {"Setup": self.setup, "Train": self.train}
+        self.overrides = list(overrides)
+        self.panels: dict[str, object] = {}
+        for title in TABS:  # eager ones in table order: Setup before the panels that take it
+            if title not in LAZY:
+                self.panels[title] = self._make(title, entry(title).load())
+        self.setup = self.panels["Setup"]
+        self.train = self.panels["Train"]
         self._boxes = {t: W.VBox([W.HTML(f"<i>{t}: opens when selected</i>")]) for t in LAZY}
-        self.tabs = W.Tab(children=[self.setup.widget, self.train.widget,
-                                    *(self._boxes[t] for t in TABS[2:])], titles=TABS,
-                          layout=W.Layout(width="100%"))
+        self.tabs = W.Tab(children=[self._boxes[t] if t in LAZY else self.panels[t].widget
+                                    for t in TABS], titles=TABS, layout=W.Layout(width="100%"))
         self.tabs.observe(self._on_tab, names="selected_index")
+
+    def _make(self, title: str, cls):
+        """Build ``cls`` with the arguments its constructor names, check it keeps the contract."""
+        offered = {"workspace": self.workspace, "queue": self.queue, "overrides": self.overrides}
+        if "Setup" in self.panels:
+            offered["setup"] = self.panels["Setup"]
+        params = inspect.signature(cls).parameters
+        panel = cls(**{k: v for k, v in offered.items() if k in params})
+        return check_panel(panel, f"the {title!r} row of widgets.registry.PANELS")
 
     def _build(self, title: str):
         """The panel of a lazy tab, or None with a note in the tab when it cannot be built."""
@@ -61,10 +74,8 @@ class Workbench:
                 f"<i>The {title} panel is not there yet ({module_name.replace('.', '/')}.py is "
                 "missing).</i>")]
             return None
-        kwargs = {"workspace": self.workspace, "queue": self.queue, "setup": self.setup}
-        params = inspect.signature(cls).parameters
         try:
-            panel = cls(**{k: v for k, v in kwargs.items() if k in params})
+            panel = self._make(title, cls)
         except Exception as e:  # one broken panel must not take the workbench down
             log.exception("building the %s panel", title)
             self._boxes[title].children = [W.HTML(
@@ -75,7 +86,8 @@ class Workbench:
         return panel
 
     def panel(self, title: str):
-        """The panel of tab ``title`` (built on first use); None when it cannot be built."""
+        """The panel of tab ``title`` (built on first use; its ``widget`` is what the tab
+        shows); None when it cannot be built (the tab says why)."""
         if title not in TABS:
             raise KeyError(f"no tab {title!r}; tabs are {list(TABS)}")
         if title not in self.panels:
@@ -138,15 +150,13 @@ class Workbench:
         self.tabs.selected_index = TABS.index(title)
 
     def _on_tab(self, change) -> None:
-        title = TABS[change["new"]] if change["new"] is not None else None
-        if title in LAZY:
-            self.panel(title)
-        elif title == "Train":
-            self.train.show_command()
+        if change["new"] is None:
+            return
+        panel = self.panel(TABS[change["new"]])
+        if panel is not None:
+            panel.on_tab_opened()
 
     def show(self) -> None:
-        from IPython.display import display
-
         display(self.tabs)
 
     def _ipython_display_(self) -> None:
