@@ -706,16 +706,19 @@ def code_at_scale(codec: Codec, image: Image.Image, quality: int,
     small_size = scaled_size(image.size, scale)
     small = image if small_size == image.size else image.resize(small_size, Image.Resampling.LANCZOS)
     data = codec.encode(small, quality)
+    # between encode and decode: outside both of the times a caller may take around them
+    payload_bytes = _payload.payload_size(codec.name, data)
+    command = getattr(codec, "encoder_command", None)
+    command = tuple(command(quality, small_size)) if command else ()
+    version = str(getattr(codec, "version", ""))
     decoded = codec.decode(data)
     if decoded.size != small_size:
         raise CodecError(f"codec {codec.name!r} decoded {decoded.size} from a {small_size} image")
     if decoded.size != image.size:
         decoded = decoded.resize(image.size, Image.Resampling.BICUBIC)
-    command = getattr(codec, "encoder_command", None)
     return CodedImage(codec.name, int(quality), float(scale), data, bpp(data, image), decoded,
-                      payload_bytes=_payload.payload_size(codec.name, data),
-                      encoder_command=tuple(command(quality, small_size)) if command else (),
-                      encoder_version=str(getattr(codec, "version", "")))
+                      payload_bytes=payload_bytes, encoder_command=command,
+                      encoder_version=version)
 
 
 def ladder(codec: Codec, scales: Sequence[float] = SCALES) -> Iterator[tuple[int, float]]:
