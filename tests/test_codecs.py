@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import textwrap
 
@@ -27,8 +28,10 @@ from icm_core.baselines.classical import (
     rgb_to_yuv420,
     yuv420_to_rgb,
 )
+from icm_core.cli.main import main
 from icm_core.data.synthetic import render_scene
 from icm_core.errors import BitstreamError, ConfigError, ICMError
+from icm_core.studies import compare
 
 ALL = ["jpeg", "webp", "avif", "hevc", "vvc"]
 FAST = {"vvc": {"preset": "faster"}}  # keep the VVC tests quick
@@ -297,11 +300,12 @@ if mode == "silent":
 if mode == "huge":
     open(opt("-o"), "wb").write(b"YUV4MPEG2 W60000 H60000 F25:1 C420p10\\nFRAME\\n")
     sys.exit(0)
-if mode == "enc":  # "bitstream" = the raw YUV with its size in front
+if mode == "enc":  # "bitstream" = a start code, then the raw YUV with its size in front
     w, h = opt("-s").split("x")
-    open(opt("-o"), "wb").write(f"{{w}} {{h}}\\n".encode() + open(opt("-i"), "rb").read())
+    open(opt("-o"), "wb").write(b"\\0\\0\\0\\1" + f"{{w}} {{h}}\\n".encode()
+                                + open(opt("-i"), "rb").read())
     sys.exit(0)
-data = open(opt("-b"), "rb").read()
+data = open(opt("-b"), "rb").read()[4:]
 size, yuv = data.split(b"\\n", 1)
 w, h = map(int, size.split())
 if mode == "dec10":
@@ -328,8 +332,8 @@ def test_vvc_plumbing_pads_crops_and_converts(tmp_path, scene_odd, decoder):
     codec = get_codec("vvc", encoder=_fake_tool(tmp_path, "enc"),
                       decoder=_fake_tool(tmp_path, decoder))
     data = codec.encode(scene_odd, codec.qualities[0])
-    assert data[0] == 0b11 and data[1:].startswith(b"98 132\n")  # padded to even, crop both
-    assert len(data) == 1 + len(b"98 132\n") + 98 * 132 * 3 // 2
+    assert data[0] == 0b11 and data[5:].startswith(b"98 132\n")  # padded to even, crop both
+    assert len(data) == 5 + len(b"98 132\n") + 98 * 132 * 3 // 2
     out = codec.decode(data)
     assert out.size == scene_odd.size and out.mode == "RGB"
     assert psnr(out, scene_odd) > 30  # only the 4:2:0 conversion in between
@@ -359,5 +363,112 @@ def test_vvc_tool_failures_become_icm_errors(tmp_path):
 
 
 def test_vvc_quality_is_63_minus_qp():
-    assert codecs.VVCCodec.qualities == tuple(63 - qp for qp in (51, 47, 42, 37, 32, 27, 22))
-    assert codecs.VVCCodec.qp(41) == 22 and codecs.VVCCodec.qp(12) == 51
+    assert codecs.VVCCodec.qualities == tuple(63 - qp for qp in (51, 46, 41, 36, 31, 26, 21))
+    assert codecs.VVCCodec.qp(42) == 21 and codecs.VVCCodec.qp(12) == 51
+    # the small ladder: QP 51..31, the lowest rates of the full ladder
+    assert codecs.SMALL_LADDERS["vvc"] == tuple(63 - qp for qp in (51, 46, 41, 36, 31))
+    assert set(codecs.SMALL_LADDERS["vvc"]) <= set(codecs.VVCCodec.qualities)
+
+
+@posix_only
+def test_vvc_records_the_encoder_command_it_runs(tmp_path, scene_odd, monkeypatch):
+    enc = _fake_tool(tmp_path, "enc")
+    codec = get_codec("vvc", encoder=enc, decoder=_fake_tool(tmp_path, "dec"), preset="fast")
+    cmd = codec.encoder_command(12, scene_odd.size)
+    assert cmd[0] == enc and cmd[cmd.index("-s") + 1] == "98x132"  # padded to even
+    assert cmd[cmd.index("-q") + 1] == "51" and cmd[cmd.index("--preset") + 1] == "fast"
+    assert cmd[cmd.index("--intraperiod") + 1] == "1"  # all-intra
+    ran = []
+    run = codec._run
+    monkeypatch.setattr(codec, "_run", lambda args, *a: (ran.append(args), run(args, *a)))
+    point = code_at_scale(codec, scene_odd, 12)
+    args = ran[0]
+    assert args[:args.index("-i") + 1] == cmd[:cmd.index("-i") + 1]
+    assert args[args.index("-i") + 2:args.index("-o")] == cmd[cmd.index("-i") + 2:cmd.index("-o")]
+    assert point.encoder_command == tuple(cmd)
+    assert point.payload_bytes == point.file_bytes - 1  # the crop byte is not counted
+    # the stand-in answers no --version: said so, not a crash
+    assert codec.version.startswith("unknown (fake-enc --version exited with")
+
+
+def test_vvc_version_names_the_encoder():
+    codec = _codec("vvc")
+    assert re.search(r"vvencapp version \d+\.\d+", codec.version), codec.version
+
+
+# ------------------------------------------------------------------------------------------
+# the registry: one registration per codec
+# ------------------------------------------------------------------------------------------
+
+def test_every_codec_is_registered_once_with_its_ladders():
+    assert list(codecs.CODECS) == ALL
+    assert list(codecs.DEFAULT_CODECS) == ALL  # vvc included: run wherever its apps are
+    assert compare.DEFAULT_CODECS == codecs.DEFAULT_CODECS
+    for name, entry in codecs.CODECS.items():
+        small = codecs.SMALL_LADDERS[name]
+        assert compare.SMALL_LADDERS[name] == small == entry.small_ladder
+        assert list(small) == sorted(set(small)) and len(small) >= 4
+        cls = codecs.VVCCodec if name == "vvc" else None
+        codec = cls if cls is not None else _codec(name)
+        lo, hi = codec.quality_range
+        assert all(lo <= q <= hi for q in small), name
+        assert small[0] == codec.qualities[0], name  # reaches the codec's lowest rate
+    help_text = codecs.codecs_help()
+    assert "default: jpeg,webp,avif,hevc,vvc where available" in help_text
+    assert "ICM_VVENC" in help_text
+
+
+def test_a_new_codec_is_one_registration(monkeypatch):
+    monkeypatch.setattr(codecs, "CODECS", dict(codecs.CODECS))
+    monkeypatch.setattr(codecs._payload, "_EXTRACTORS", dict(codecs._payload._EXTRACTORS))
+    saved = dict(codecs._SMALL)
+    try:
+        codecs.register_codec("grey", lambda **o: codecs.get_codec("jpeg", **o),
+                              small_ladder=(5, 50), default=False, summary="test",
+                              payload=lambda data: data[2:])
+        assert "grey" in codecs.available_codecs() and "grey" not in codecs.DEFAULT_CODECS
+        assert compare.SMALL_LADDERS["grey"] == (5, 50)  # the live view
+        assert "grey: test" in codecs.codecs_help()
+        codec = codecs.get_codec("grey")
+        point = code_at_scale(_Named(codec, "grey"), Image.new("RGB", (16, 16)), 50)
+        assert point.payload_bytes == point.file_bytes - 2
+        for bad in [dict(small_ladder=(50, 5)), dict(small_ladder=()),
+                    dict(small_ladder=(1.5, 2))]:
+            with pytest.raises(ConfigError, match="small_ladder"):
+                codecs.register_codec("bad", get_codec, payload=bytes, **bad)
+        with pytest.raises(ConfigError, match="no payload extractor"):
+            codecs.register_codec("bad", get_codec, small_ladder=(1, 2))
+        with pytest.raises(ConfigError, match="name"):
+            codecs.register_codec("a b", get_codec, small_ladder=(1, 2), payload=bytes)
+    finally:
+        codecs._SMALL.clear()
+        codecs._SMALL.update(saved)
+
+
+class _Named:
+    """A codec under another name, as a plug-in codec would be."""
+
+    def __init__(self, codec, name):
+        self.codec, self.name = codec, name
+
+    def encode(self, image, quality):
+        return self.codec.encode(image, quality)
+
+    def decode(self, data):
+        return self.codec.decode(data)
+
+
+@posix_only
+def test_vvc_is_in_the_default_set_when_its_apps_are_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_VVENC", _fake_tool(tmp_path, "enc"))
+    monkeypatch.setenv("ICM_VVDEC", _fake_tool(tmp_path, "dec"))
+    assert "vvc" in codecs.available_codecs()
+    assert [c for c in codecs.DEFAULT_CODECS if c in codecs.available_codecs()][-1] == "vvc"
+
+
+def test_cli_help_lists_the_registered_codecs(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: jpeg,webp,avif,hevc,vvc where available" in text
+    assert all(f"{name}:" in text for name in codecs.CODECS)

@@ -12,8 +12,16 @@ name              library                 chroma   quality
 ``webp``          Pillow (libwebp)        4:2:0    Pillow quality 0..95, ``method=6``
 ``avif``          Pillow (libavif, AV1)   4:2:0    Pillow quality 0..90, ``speed=6``
 ``hevc``          pillow-heif (x265)      4:2:0    pillow-heif quality 0..70, HEIF file
-``vvc``           VVenC / VVdeC apps      4:2:0    ``63 - QP``: QP 51..22 -> quality 12..41
+``vvc``           VVenC / VVdeC apps      4:2:0    ``63 - QP``: QP 51..21 -> quality 12..42
 ================  ======================  =======  =========================================
+
+Each codec is registered once with :func:`register_codec`: its factory, its small ladder
+(``ladder="small"`` in ``icm compare``; the full ladder is the codec's ``qualities``), whether it
+is in the default comparison set, and (if ``payload.py`` has none) its payload extractor.
+:func:`get_codec`, :func:`available_codecs`, :data:`DEFAULT_CODECS`, :data:`SMALL_LADDERS` and
+the CLI's help all read that registry; a new codec is one class plus one ``register_codec``.
+Every codec object also says how it encodes (:meth:`Codec.encoder_command`, :attr:`Codec.version`)
+so results can record it; for VVC that is the ``vvencapp`` argv as run.
 
 All images are single intra pictures in 8-bit BT.601 full-range YCbCr (JFIF), the libraries'
 default; ``jpeg``, ``avif`` and ``hevc`` also take ``chroma="4:4:4"``. Decoding treats its
@@ -34,25 +42,31 @@ bilinear up, chroma sited at the centre of each 2x2 block) is :func:`rgb_to_yuv4
 
 The resolution ladder (:func:`code_at_scale`) downscales with Pillow's LANCZOS, codes, decodes
 and upscales back to the original size with BICUBIC; bits are still counted over the original
-pixels.
+pixels, two ways (:data:`~icm_core.baselines.payload.RATES`): ``file`` (every stored byte) and
+``payload`` (the coded bitstream without container or metadata, :mod:`.payload`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
+import PIL
 from PIL import Image, features
 
+from icm_core.baselines import payload as _payload
 from icm_core.errors import BitstreamError, ConfigError, ICMError
 
 MAX_PIXELS = 8192 * 8192
@@ -137,6 +151,17 @@ class Codec(ABC):
     def decode(self, data: bytes) -> Image.Image:
         """Decode bytes from ``encode`` to an RGB image; bad bytes raise ``BitstreamError``."""
 
+    @property
+    def version(self) -> str:
+        """The encoder and its version, for results files (override it; this is a fallback)."""
+        return f"{type(self).__name__} (version unknown)"
+
+    def encoder_command(self, quality: int, size: tuple[int, int]) -> list[str]:
+        """How ``encode`` codes a ``size`` = (W, H) image at ``quality``: an external tool's argv
+        as run (with placeholder file names), or the library call and its options."""
+        return [f"{type(self).__name__}.encode", f"quality={self.check_quality(quality)}",
+                f"size={int(size[0])}x{int(size[1])}"]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, chroma={self.chroma!r})"
 
@@ -160,6 +185,17 @@ class PillowCodec(Codec):
         _as_rgb(image).save(buf, format=self.format, quality=self.check_quality(quality),
                             **self.save_options)
         return buf.getvalue()
+
+    @property
+    def version(self) -> str:
+        lib = {"JPEG": "jpg", "WEBP": "webp", "AVIF": "avif"}.get(self.format)
+        lib_version = features.version(lib) if lib else None
+        return f"Pillow {PIL.__version__}" + (f", {lib} {lib_version}" if lib_version else "")
+
+    def encoder_command(self, quality: int, size: tuple[int, int]) -> list[str]:
+        return ["PIL.Image.Image.save", f"format={self.format}",
+                f"quality={self.check_quality(quality)}",
+                *(f"{k}={v}" for k, v in self.save_options.items())]
 
     def decode(self, data: bytes) -> Image.Image:
         what = f"{self.name} stream of {len(data)} bytes"
@@ -202,6 +238,16 @@ class HEVCCodec(Codec):
             buf, format="HEIF", quality=self.check_quality(quality),
             chroma=self.chroma.replace(":", ""))
         return buf.getvalue()
+
+    @property
+    def version(self) -> str:
+        info = self._heif.libheif_info()
+        return (f"pillow-heif {self._heif.__version__}, libheif {info.get('libheif', '?')}, "
+                f"{info.get('HEIF', '?')}")
+
+    def encoder_command(self, quality: int, size: tuple[int, int]) -> list[str]:
+        return ["pillow_heif.from_pillow(image).save", "format=HEIF",
+                f"quality={self.check_quality(quality)}", f"chroma={self.chroma.replace(':', '')}"]
 
     def decode(self, data: bytes) -> Image.Image:
         what = f"hevc stream of {len(data)} bytes"
@@ -330,14 +376,20 @@ class VVCCodec(Codec):
     """VVC intra (H.266) with VVenC's ``vvencapp`` and VVdeC's ``vvdecapp``, YCbCr 4:2:0.
 
     ``quality = 63 - QP`` so that quality grows with bits (VVenC's QP range is 0..63); the
-    ladder is QP 51, 47, 42, 37, 32, 27, 22. ``preset`` is VVenC's speed preset ("faster" is
-    ~10x quicker than "medium" for ~5-8 % more bytes at the same QP); ``threads=1`` keeps runs
-    reproducible and polite on shared machines.
+    ladder is QP 51, 46, 41, 36, 31, 26, 21 (its lowest five, QP 51..31, are the small ladder:
+    they cover the learned codec's 0.01-0.1 bpp at every scale). ``preset`` is VVenC's speed
+    preset ("faster" is ~10x quicker than "medium" for ~5-8 % more bytes at the same QP);
+    ``threads=1`` keeps runs reproducible and polite on shared machines.
+
+    :meth:`encoder_command` is the ``vvencapp`` argv as :meth:`encode` runs it (the tool's
+    full path; ``in.yuv`` / ``out.266`` stand for the temporary files) and :attr:`version`
+    what ``vvencapp --version`` prints, so that results can record both.
     """
 
     name = "vvc"
     chroma = "4:2:0"
-    qualities = tuple(63 - qp for qp in (51, 47, 42, 37, 32, 27, 22))
+    QPS = (51, 46, 41, 36, 31, 26, 21)
+    qualities = tuple(63 - qp for qp in QPS)
     quality_range = (0, 63)
     PRESETS = ("faster", "fast", "medium", "slow", "slower")
 
@@ -373,6 +425,33 @@ class VVCCodec(Codec):
             raise error(f"{what}: {Path(args[0]).name} exited with {res.returncode}: "
                         f"{_tail(res.stderr + res.stdout)}")
 
+    @cached_property
+    def version(self) -> str:
+        """``vvencapp --version``'s answer, e.g. "vvencapp version 1.13.1" (asked once), or
+        "unknown (...)" with the reason when the tool gives none."""
+        try:
+            res = subprocess.run([self.encoder, "--version"], capture_output=True,
+                                 timeout=min(self.timeout, 30.0), check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"unknown ({Path(self.encoder).name} --version: {e})"
+        text = (res.stdout + res.stderr).decode(errors="replace")
+        found = re.search(r"^.*version\s+\S+.*$", text, re.MULTILINE | re.IGNORECASE)
+        if res.returncode != 0 or found is None:
+            return (f"unknown ({Path(self.encoder).name} --version exited with "
+                    f"{res.returncode}: {_tail(text, 120)!r})")
+        return found.group(0).strip()
+
+    def encoder_command(self, quality: int, size: tuple[int, int], src: str = "in.yuv",
+                        out: str = "out.266") -> list[str]:
+        """The ``vvencapp`` argv that codes a (W, H) image at ``quality`` (odd sizes are padded
+        to even first, as :meth:`encode` does)."""
+        qp = self.qp(self.check_quality(quality))
+        w, h = int(size[0]) + int(size[0]) % 2, int(size[1]) + int(size[1]) % 2
+        return [self.encoder, "-i", str(src), "-s", f"{w}x{h}", "-c", "yuv420", "-f", "1",
+                "--preset", self.preset, "-q", str(qp), "--qpa", "0", "--intraperiod", "1",
+                "--hrdparameterspresent", "0", "--threads", str(self.threads),
+                "--verbosity", "1", "--stats", "0", "-o", str(out)]
+
     def encode(self, image: Image.Image, quality: int) -> bytes:
         qp = self.qp(self.check_quality(quality))
         rgb = np.asarray(_as_rgb(image))
@@ -384,11 +463,7 @@ class VVCCodec(Codec):
             with open(src, "wb") as f:
                 for plane in rgb_to_yuv420(rgb):
                     f.write(plane.tobytes())
-            self._run([self.encoder, "-i", str(src), "-s", f"{w + pw}x{h + ph}",
-                       "-c", "yuv420", "-f", "1", "--preset", self.preset, "-q", str(qp),
-                       "--qpa", "0", "--intraperiod", "1", "--hrdparameterspresent", "0",
-                       "--threads", str(self.threads), "--verbosity", "1", "--stats", "0",
-                       "-o", str(out)],
+            self._run(self.encoder_command(quality, (w, h), str(src), str(out)),
                       CodecError, f"VVC encoding of a {w}x{h} image at QP {qp}")
             stream = out.read_bytes() if out.exists() else b""
         if not stream:
@@ -443,7 +518,86 @@ def _avif(chroma: str = "4:2:0", speed: int = 6, max_pixels: int = MAX_PIXELS) -
                        {"subsampling": c, "speed": int(speed), "range": "full"}, max_pixels)
 
 
-CODECS = {"jpeg": _jpeg, "webp": _webp, "avif": _avif, "hevc": HEVCCodec, "vvc": VVCCodec}
+@dataclass(frozen=True)
+class CodecEntry:
+    """One registered codec: how to build it and which qualities a small comparison codes."""
+
+    name: str
+    factory: Callable[..., Codec] = field(repr=False)
+    small_ladder: tuple[int, ...]
+    default: bool = True
+    summary: str = ""
+
+    def __call__(self, **options) -> Codec:
+        return self.factory(**options)
+
+
+CODECS: dict[str, CodecEntry] = {}
+"""The codec registry, name -> :class:`CodecEntry` (in registration order); fill it with
+:func:`register_codec`."""
+
+_SMALL: dict[str, tuple[int, ...]] = {}
+SMALL_LADDERS = MappingProxyType(_SMALL)
+"""Live read-only view, codec name -> its registered small ladder (lowest rate first)."""
+
+
+class _DefaultCodecs(Sequence):
+    """Live tuple-like view of the names registered with ``default=True``, in order."""
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(n for n, e in CODECS.items() if e.default)
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+DEFAULT_CODECS: Sequence[str] = _DefaultCodecs()
+"""The codecs ``icm compare`` uses when none are named (those available here are run, the
+others are skipped and said so): every registered codec with ``default=True``."""
+
+
+def register_codec(name: str, factory: Callable[..., Codec], *, small_ladder: Sequence[int],
+                   default: bool = True, summary: str = "",
+                   payload: Callable[[bytes], bytes] | None = None) -> CodecEntry:
+    """Register a codec once: ``factory(**options) -> Codec`` (may raise
+    ``CodecUnavailableError``), its small ladder (a few qualities, increasing, that cover the
+    rates of interest at every scale; the full ladder is the codec's ``qualities``), whether
+    ``icm compare`` uses it by default, a one-line summary, and ``payload(file bytes) ->
+    bitstream bytes`` unless :mod:`icm_core.baselines.payload` already has one for ``name``.
+
+    Registering a name again replaces its entry (keeping its place in the order).
+    """
+    key = str(name).strip().lower()
+    if not key or not key.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"codec name {name!r} must be a non-empty word, e.g. 'jpegxl'")
+    if not callable(factory):
+        raise ConfigError(f"codec {key!r}: factory must be callable, got "
+                          f"{type(factory).__name__}")
+    ladder_ = tuple(small_ladder)
+    if (not ladder_ or not all(isinstance(q, int) and not isinstance(q, bool) for q in ladder_)
+            or list(ladder_) != sorted(set(ladder_))):
+        raise ConfigError(f"codec {key!r}: small_ladder={small_ladder!r} must be distinct "
+                          "integer qualities in increasing order (lowest rate first)")
+    if payload is not None:
+        _payload.register_payload(key, payload)
+    elif not _payload.has_payload(key):
+        raise ConfigError(f"codec {key!r} has no payload extractor; pass payload=fn "
+                          "(file bytes -> coded bitstream bytes) to register_codec")
+    entry = CodecEntry(key, factory, ladder_, bool(default), str(summary))
+    CODECS[key] = entry
+    _SMALL[key] = ladder_
+    return entry
 
 
 def get_codec(name: str, **options) -> Codec:
@@ -462,7 +616,7 @@ def get_codec(name: str, **options) -> Codec:
 
 
 def available_codecs() -> list[str]:
-    """Names of the codecs that can run on this machine."""
+    """Names of the registered codecs that can run on this machine, in registration order."""
     names = []
     for name in CODECS:
         try:
@@ -473,13 +627,36 @@ def available_codecs() -> list[str]:
     return names
 
 
+def codecs_help() -> str:
+    """One line for the CLI: the default set, and what each registered codec is."""
+    known = "; ".join(f"{n}: {e.summary}" if e.summary else n for n, e in CODECS.items())
+    return (f"comma list (default: {','.join(DEFAULT_CODECS)} where available, the others "
+            f"skipped and said so). Known: {known}")
+
+
+register_codec("jpeg", _jpeg, small_ladder=(1, 10, 30, 70), summary="Pillow/libjpeg")
+register_codec("webp", _webp, small_ladder=(0, 20, 50, 90), summary="Pillow/libwebp (VP8)")
+register_codec("avif", _avif, small_ladder=(0, 30, 60, 90), summary="Pillow/libavif (AV1)")
+register_codec("hevc", HEVCCodec, small_ladder=(0, 20, 40, 70),
+               summary="pillow-heif/x265 (HEIF)")
+register_codec("vvc", VVCCodec, small_ladder=tuple(63 - qp for qp in (51, 46, 41, 36, 31)),
+               summary="VVenC/VVdeC all-intra, QP 51..31 (needs vvencapp/vvdecapp on PATH or "
+               "ICM_VVENC/ICM_VVDEC)")
+
+
 # --------------------------------------------------------------------------------------------
 # resolution ladder
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CodedImage:
-    """One coded point: the file, its rate over the original pixels, and the reconstruction."""
+    """One coded point: the file, its rate over the original pixels (counted two ways), the
+    reconstruction, and how it was encoded.
+
+    ``bpp`` counts the whole file (rate ``file``); ``payload_bytes`` the coded bitstream only
+    (rate ``payload``, :func:`icm_core.baselines.payload.payload_bytes`). ``encoder_command``
+    and ``encoder_version`` come from the codec (empty for a codec-like object without them).
+    """
 
     codec: str
     quality: int
@@ -487,6 +664,27 @@ class CodedImage:
     data: bytes = field(repr=False)
     bpp: float
     decoded: Image.Image = field(repr=False)  # RGB, the ORIGINAL size
+    payload_bytes: int
+    encoder_command: tuple[str, ...] = ()
+    encoder_version: str = ""
+
+    @property
+    def file_bytes(self) -> int:
+        """Every byte of the file (rate ``file``)."""
+        return len(self.data)
+
+    @property
+    def payload_bpp(self) -> float:
+        """``payload_bytes`` over the ORIGINAL image's pixels (rate ``payload``)."""
+        return self.bpp * self.payload_bytes / len(self.data)
+
+    def rate_bpp(self, rate: str) -> float:
+        """Bits per original pixel counted as ``rate`` ("file" or "payload")."""
+        if rate == "file":
+            return self.bpp
+        if rate == "payload":
+            return self.payload_bpp
+        raise ConfigError(f"rate={rate!r}; use one of {list(_payload.RATES)}")
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -500,18 +698,27 @@ def code_at_scale(codec: Codec, image: Image.Image, quality: int,
                   scale: float = 1.0) -> CodedImage:
     """Downscale (LANCZOS), code at ``quality``, decode, upscale back (BICUBIC).
 
-    ``bpp`` is over the ORIGINAL image's pixels, and ``decoded`` has the original size.
+    ``bpp`` is over the ORIGINAL image's pixels, and ``decoded`` has the original size. The
+    payload is counted for ``codec.name``; the encoder command and version are recorded when the
+    codec offers them (wrappers that only have ``name``/``encode``/``decode`` leave them empty).
     """
     image = _as_rgb(image)
     small_size = scaled_size(image.size, scale)
     small = image if small_size == image.size else image.resize(small_size, Image.Resampling.LANCZOS)
     data = codec.encode(small, quality)
+    # between encode and decode: outside both of the times a caller may take around them
+    payload_bytes = _payload.payload_size(codec.name, data)
+    command = getattr(codec, "encoder_command", None)
+    command = tuple(command(quality, small_size)) if command else ()
+    version = str(getattr(codec, "version", ""))
     decoded = codec.decode(data)
     if decoded.size != small_size:
         raise CodecError(f"codec {codec.name!r} decoded {decoded.size} from a {small_size} image")
     if decoded.size != image.size:
         decoded = decoded.resize(image.size, Image.Resampling.BICUBIC)
-    return CodedImage(codec.name, int(quality), float(scale), data, bpp(data, image), decoded)
+    return CodedImage(codec.name, int(quality), float(scale), data, bpp(data, image), decoded,
+                      payload_bytes=payload_bytes, encoder_command=command,
+                      encoder_version=version)
 
 
 def ladder(codec: Codec, scales: Sequence[float] = SCALES) -> Iterator[tuple[int, float]]:

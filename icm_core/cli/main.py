@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from icm_core.baselines.classical import codecs_help
 from icm_core.codec import coder
 from icm_core.errors import ICMError
 from icm_core.evaluation.cost import model_info
@@ -250,11 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "folders of them (e.g. icm demo's output)")
     cmp.add_argument("--baseline", nargs="+", default=None, help="uncompressed run folders "
                      "(model.compression=false), one per task: decoded images are fed to them")
-    cmp.add_argument("--codecs", default=None, help="comma list (default: jpeg,webp,avif,hevc "
-                     "where available; vvc needs vvencapp/vvdecapp)")
+    cmp.add_argument("--codecs", default=None, help=codecs_help())
     cmp.add_argument("--scales", default="1,0.5,0.25", help="resolution ladder (comma list)")
     cmp.add_argument("--ladder", choices=("small", "full"), default="small",
-                     help="small: 4 qualities per codec; full: every quality of its ladder")
+                     help="small: each codec's registered small ladder (4-5 qualities); full: "
+                     "every quality of its ladder")
     cmp.add_argument("--preprocessor", default="none", help="none, train (one per task against "
                      "its frozen baseline, saved in --out) or a saved pre-processor file/folder")
     cmp.add_argument("--images", type=int, default=16, help="held-out synthetic test scenes")

@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from icm_core.baselines import classical
 from icm_core.codec import coder
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.files import atomic_path, write_text
 
-SMALL_LADDERS = {"jpeg": (1, 10, 30, 70), "webp": (0, 20, 50, 90), "avif": (0, 30, 60, 90),
-                 "hevc": (0, 20, 40, 70)}
-"""A few qualities per codec, lowest first, spread over its range (``ladder="small"``)."""
-DEFAULT_CODECS = ("jpeg", "webp", "avif", "hevc")
+SMALL_LADDERS = classical.SMALL_LADDERS
+"""Each registered codec's small ladder (``ladder="small"``): ``classical.register_codec``."""
+DEFAULT_CODECS = classical.DEFAULT_CODECS
 DEFAULT_SCALES = (1.0, 0.5, 0.25)
 ENVELOPE = "best-classical"
 PREPROC_ENVELOPE = "best-preproc"
