@@ -18,7 +18,7 @@ log = logging.getLogger("icm.train")
 _register_schema()
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
     try:
         return _train(cfg)

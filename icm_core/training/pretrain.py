@@ -836,7 +836,7 @@ def _make_app():
 
     _register_schema()
 
-    @hydra.main(config_path="conf", config_name="pretrain_root", version_base="1.3")
+    @hydra.main(config_path="../conf", config_name="pretrain_root", version_base="1.3")
     def pretrain_app(cfg) -> float:
         """``icm pretrain pretrain=quick steps=20 out_dir=runs/p``: overrides and sweeps by Hydra."""
         try:
