@@ -11,7 +11,7 @@ JPEG against plain JPEG through the quick semseg baseline, on held-out synthetic
    lambda (frozen baseline, differentiable JPEG proxy), then on ``--sets`` disjoint sets of
    ``--images`` held-out test scenes: for every quality of the JPEG ladder the real bytes and
    the mIoU of plain JPEG and of pre-processor + JPEG at the same quality, and the BD-rate of
-   pre-processor + JPEG against plain JPEG (``icm_core.evaluation.evaluate.bd_rate``, with the mIoU range
+   pre-processor + JPEG against plain JPEG (``icm_core.evaluation.bdrate.bd_rate``, with the mIoU range
    it averages over; "not comparable" where it returns none).
 
 Writes ``benchmarks/results/preprocessor.json`` (atomically). Defaults are the README's
