@@ -1,10 +1,11 @@
 """What the benchmarks share: trainings cached by their overrides, and a timed log.
 
 A run is cached in ``root/<sha1 of the overrides>[:10]`` and reused only while the config the
-overrides resolve to today is the one it was trained with: a preset that changed since (a new
-``train.backbone_lr``, a new head learning rate) retrains instead of silently scoring a stale
-model. Settings that do not act on the run do not count (the output folder; ``backbone_lr``
-outside full fine-tuning).
+overrides resolve to today is the one it was trained with, and the code is the code it was
+trained by: a preset that changed since (a new ``train.backbone_lr``, a new head learning rate)
+or any edit of the package (``icm_core.files.source_hash``: its sources, configs and shipped
+weights) retrains instead of silently scoring a stale model. Settings that do not act on the
+run do not count (the output folder; ``backbone_lr`` outside full fine-tuning).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from icm_core.files import source_hash, write_text
+
 # bench_ra_synthetic and bench_preprocessor share their cache (results/ra_runs): the quick
 # preset with a few validation images (the trainer's own final evaluation is not used)
 QUICK_SETTINGS = ("experiment=quick", "data.workers=0", "data.val_length=4")
+SOURCE_FILE = "source_hash.txt"  # in a run folder: the source_hash of the code that trained it
 
 
 def timed_log() -> Callable[[str], None]:
@@ -33,6 +37,12 @@ def timed_log() -> Callable[[str], None]:
 def run_dir(root: Path | str, overrides: Sequence[str]) -> Path:
     """The cache folder of the run ``overrides`` describe (the key earlier results used)."""
     return Path(root) / hashlib.sha1(json.dumps(list(overrides)).encode()).hexdigest()[:10]
+
+
+def trained_by(run: Path | str) -> str | None:
+    """The ``source_hash`` of the code that trained the cached run (None: not recorded)."""
+    f = Path(run) / SOURCE_FILE
+    return f.read_text().strip() if f.is_file() else None
 
 
 def same_run(saved, cfg) -> bool:
@@ -54,11 +64,11 @@ def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequen
     """Train ``load_config([*settings, *overrides])`` on the CPU, or load the cached run.
 
     ``overrides`` are the cache key; ``settings`` (loader workers, validation images) shape
-    the run's own bookkeeping and are not. Returns ``(model, seconds trained or None if
-    cached, run folder)``.
+    the run's own bookkeeping and are not. A cached run is loaded only if today's code
+    (``source_hash``) trained it. Returns ``(model, seconds trained or None if cached, run
+    folder)``.
     """
     from icm_core.config import load_config
-    from icm_core.files import write_text
     from icm_core.training.checkpoint import (
         has_checkpoint,
         load_checkpoint,
@@ -69,18 +79,25 @@ def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequen
 
     run = run_dir(root, overrides)
     cfg = load_config([*settings, *overrides, f"out_dir={run}"])
+    code = source_hash()
     what = " ".join(overrides)
-    if not retrain and has_checkpoint(run) and same_run(
-            load_config_file(resolve_checkpoint_dir(run)), cfg):
+    if not retrain and has_checkpoint(run):
+        if not same_run(load_config_file(resolve_checkpoint_dir(run)), cfg):
+            why = "another config"
+        elif trained_by(run) != code:
+            why = "other code" if trained_by(run) else "code of unknown version"
+        else:
+            if log:
+                log(f"  cached {run.name}: {what}")
+            return load_checkpoint(run)[0], None, run
         if log:
-            log(f"  cached {run.name}: {what}")
-        return load_checkpoint(run)[0], None, run
-    if log and has_checkpoint(run) and not retrain:
-        log(f"  {run.name} was trained with another config: retraining ({what})")
+            log(f"  {run.name} was trained with {why}: retraining ({what})")
+    (run / SOURCE_FILE).unlink(missing_ok=True)  # a training killed midway is never "cached"
     t = time.perf_counter()
     trainer = Trainer(cfg, device="cpu")
     trainer.fit(progress=False)
     write_text(run / "overrides.json", json.dumps(list(overrides)))
+    write_text(run / SOURCE_FILE, code + "\n")
     seconds = time.perf_counter() - t
     if log:
         log(f"  trained {run.name} in {seconds:.0f} s: {what}")

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import os
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -76,18 +77,6 @@ def _job(row: str, task: str, lmbda: float | None, seed: int, common: list[str],
 
 def _better(a: float, b: float, hib: bool) -> bool:
     return a > b if hib else a < b
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _spread(values: list[float]) -> float:
-    """Sample standard deviation (0 for one seed)."""
-    if len(values) < 2:
-        return 0.0
-    m = _mean(values)
-    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def main(argv=None) -> dict:
@@ -143,7 +132,9 @@ def main(argv=None) -> dict:
         c["values"].append(r["value"])
         c["seeds"].append(r["seed"])
     for c in cells.values():
-        c["mean"], c["spread"] = _mean(c["values"]), _spread(c["values"])
+        # spread: the sample standard deviation over seeds (0 for one seed)
+        c["mean"] = statistics.mean(c["values"])
+        c["spread"] = statistics.stdev(c["values"]) if len(c["values"]) > 1 else 0.0
     verdict = []
     for lm in (None, args.lmbda):
         setting = "uncompressed" if lm is None else f"lambda={lm:g}"

@@ -48,15 +48,13 @@ from icm_core.evaluation.bdrate import bd_rate, pareto_front
 from icm_core.evaluation.evaluate import evaluate
 from icm_core.files import write_text
 from icm_core.studies.compare import (
+    SMALL_LADDERS,  # a few qualities per codec, as icm compare --ladder small
     score,  # the baseline's metric on decoded images, as icm compare
 )
 from icm_core.tasks.registry import get_task
 from icm_core.viz.images import image_to_uint8, ra_figure
 
 RESULTS = Path(__file__).parent / "results"
-# a few qualities per codec, lowest first, spread over each ladder (--ladder full: all of them)
-SMALL_LADDERS = {"jpeg": (1, 10, 30, 70), "webp": (0, 20, 50, 90), "avif": (0, 30, 60, 90),
-                 "hevc": (0, 20, 40, 70)}
 
 
 def _train(overrides: list[str], root: Path, retrain: bool, log) -> torch.nn.Module:

@@ -5,6 +5,9 @@ References are computed here from the formulas (numpy), not by the code under te
 
 import dataclasses
 import math
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from PIL import Image
 from icm_core import ConfigError, DatasetError
 from icm_core.codec import coder
 from icm_core.inspection import attention as att
-from icm_core.inspection import dora
+from icm_core.inspection import dora, runs
 from icm_core.inspection import image as ins
 from icm_core.inspection.error_maps import error_map
 from icm_core.models import adapters as ad
@@ -315,6 +318,35 @@ def test_sweep_runs_and_their_allocations(tmp_path, model, lora_model, odd_image
     a = ins.load_run(found[0][1])
     assert ins.load_run(found[0][1]) is a and a.cfg.lmbda == 0.5
     ba = ins.bit_allocation(a, odd_image, "depth")
-    assert ba.total_bytes == len(a.encode(odd_image, "depth"))
+    assert ba.total_bytes == len(coder.encode(a, odd_image, "depth"))
     same_weights = ins.bit_allocation(model, odd_image, "depth")
     assert ba.total_bytes == same_weights.total_bytes
+
+
+def test_run_cache_keeps_the_most_recently_used_runs(tmp_path, model, monkeypatch):
+    monkeypatch.setattr(runs, "RUN_CACHE_SIZE", 2)
+    monkeypatch.setattr(runs, "_RUNS", OrderedDict())
+    for name in ("a", "b", "c"):
+        save_checkpoint(tmp_path / name, model, step=1)
+    a = runs.load_run(tmp_path / "a")
+    b = runs.load_run(tmp_path / "b")
+    assert runs.load_run(tmp_path / "a") is a  # a is now the most recently used
+    c = runs.load_run(tmp_path / "c")  # evicts b, the least recently used
+    assert len(runs._RUNS) == 2
+    assert runs.load_run(tmp_path / "a") is a and runs.load_run(tmp_path / "c") is c
+    assert runs.load_run(tmp_path / "b") is not b  # loaded again
+    assert len(runs._RUNS) == 2
+    # a checkpoint folder rewritten in place: its old model leaves the cache at once
+    ckpt = tmp_path / "c" / "ckpt-000001"
+    for f in ckpt.iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    c2 = runs.load_run(tmp_path / "c")
+    assert c2 is not c and sum(k[0] == str(ckpt.resolve()) for k in runs._RUNS) == 1
+
+
+def test_run_cache_loads_a_run_once_across_threads(tmp_path, model, monkeypatch):
+    monkeypatch.setattr(runs, "_RUNS", OrderedDict())
+    save_checkpoint(tmp_path / "r", model, step=1)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: runs.load_run(tmp_path / "r"), range(8)))
+    assert all(m is got[0] for m in got) and len(runs._RUNS) == 1

@@ -144,6 +144,9 @@ def test_loader_workers_give_the_batches_of_the_step(tmp_path):
     c = list(islice(make_loader(trainer.train_set, cfg0, ["semseg"], start=6), 1))
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("image", "semseg"))
     assert torch.equal(a[1]["image"], c[0]["image"])  # step 6's batch, whichever start
+    direct = trainer.batch_of(6)  # what train_step takes without a batch (and benchmarks time)
+    assert direct.keys() == {"image", "semseg"}
+    assert all(torch.equal(direct[k], a[1][k]) for k in ("image", "semseg"))
 
 
 def test_evaluation_runs_the_backbone_once_per_image():

@@ -7,7 +7,7 @@ import hashlib
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from safetensors import safe_open
 from icm_core.config.schema import BackboneConfig
 from icm_core.data.synthetic import SPLITS, SyntheticScenes
 from icm_core.errors import ConfigError
-from icm_core.models.backbone import Backbone
+from icm_core.models.backbone import SYNTHETIC_WEIGHTS, Backbone
 from icm_core.training.pretrain import (
     MIMModel,
     PretrainConfig,
@@ -29,6 +29,7 @@ from icm_core.training.pretrain import (
     export_backbone,
     load_pretrain_config,
     patch_targets,
+    portable_paths,
     random_mask,
 )
 
@@ -220,6 +221,31 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
 
 
 # --- export ----------------------------------------------------------------------------------
+def _strings(tree):
+    if isinstance(tree, dict):
+        return [s for v in tree.values() for s in _strings(v)]
+    if isinstance(tree, list):
+        return [s for v in tree for s in _strings(v)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def test_portable_paths_strips_absolute_paths_only():
+    card = {"config": {"out_dir": "/home/me/runs/pretrain", "backbone": {"weights": "C:\\w\\b.pt"},
+                       "rel": "runs/p", "none": "none", "n": 3, "flag": None},
+            "list": ["/abs/x.safetensors", "x", 1.5], "note": "area 0.35-1, aspect 3/4-4/3"}
+    assert portable_paths(card) == {
+        "config": {"out_dir": "pretrain", "backbone": {"weights": "b.pt"}, "rel": "runs/p",
+                   "none": "none", "n": 3, "flag": None},
+        "list": ["x.safetensors", "x", 1.5], "note": "area 0.35-1, aspect 3/4-4/3"}
+
+
+def test_shipped_card_names_no_absolute_path():
+    card = json.loads(card_path(SYNTHETIC_WEIGHTS).read_text())
+    found = [s for s in _strings(card) if Path(s).is_absolute() or PureWindowsPath(s).drive]
+    assert not found, f"absolute paths in the shipped card: {found}"
+    assert portable_paths(card) == card
+
+
 def test_export_loads_strictly_into_backbone_and_matches_its_card(tmp_path):
     cfg = tiny(tmp_path / "run", steps=2)
     t = Pretrainer(cfg, progress=False)
@@ -234,6 +260,9 @@ def test_export_loads_strictly_into_backbone_and_matches_its_card(tmp_path):
     assert {"platform", "cpu_count", "torch", "device"} <= card["machine"].keys()
     first, last = card["data"]["scene_seed_range"]
     assert last - first == cfg.data.length - 1
+    # the run folder was an absolute path of this machine: the card keeps only its name
+    assert Path(cfg.out_dir).is_absolute() and card["config"]["out_dir"] == "run"
+    assert str(tmp_path) not in card_path(out).read_text()
 
     with safe_open(str(out), "pt") as f:
         keys = set(f.keys())  # noqa: SIM118

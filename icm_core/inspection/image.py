@@ -271,14 +271,14 @@ def _compute(model, src: ImageSource, task: str, key: tuple) -> Inspection:
     H, W = src.image.shape[-2:]
     image = src.image.unsqueeze(0).to(model.device)
     coarse, y, padded = model.analysis(image, task)
-    writer = cpu_coder(model, task)  # the model that writes the stream, so bits match it
+    em = cpu_coder(model, task)  # the model that writes the stream, so bits match it
     y = y.float().cpu()
-    ent = writer(y)
+    ent = em(y)
     dec = model.heads[task].synthesis(ent.y_hat.to(model.device), padded, return_attention=True)
     stream = coder.encode(model, src.image, task)
     # bits had each element been coded with the hyperprior's parameters (as step 1 is)
     mu0, s0 = ent.hyper_means, ent.hyper_scales
-    hyper_only = bits_of(writer._y_likelihood(torch.round(y - mu0) + mu0, s0, mu0))[0]
+    hyper_only = bits_of(em._y_likelihood(torch.round(y - mu0) + mu0, s0, mu0))[0]
     bits = _allocation(stream, ent, model.backbone.stride)
     return Inspection(task, src, dec.prediction[0, :, :H, :W].float().cpu(),
                       upsample_to(coarse, padded)[0, :, :H, :W].float().cpu(), y[0], ent,

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from icm_core.errors import ConfigError
 
-_RUNS: dict[tuple, object] = {}
+RUN_CACHE_SIZE = 4
+"""Models ``load_run`` keeps (least recently used first out): a lambda sweep of 3-4 runs stays
+loaded, a long session of clicking through runs does not grow without bound."""
+_RUNS: OrderedDict[tuple, object] = OrderedDict()  # (checkpoint, stamp, device) -> model
 _RUNS_LOCK = threading.Lock()
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
-    """The newest checkpoint of a run folder as a model, loaded once per checkpoint."""
+    """The newest checkpoint of a run folder as a model, loaded once per checkpoint.
+
+    The ``RUN_CACHE_SIZE`` most recently used models are kept (a checkpoint folder rewritten
+    since replaces its older model at once). Safe from any thread: one load at a time.
+    """
     from icm_core.training.checkpoint import load_checkpoint, resolve_checkpoint_dir
 
     ckpt = resolve_checkpoint_dir(run_dir)
     stamp = max(p.stat().st_mtime_ns for p in ckpt.iterdir())
-    key = (str(ckpt.resolve()), stamp, device)
+    where = str(ckpt.resolve())
+    key = (where, stamp, device)
     with _RUNS_LOCK:
-        if key not in _RUNS:
-            _RUNS[key] = load_checkpoint(ckpt, device)[0]
-        return _RUNS[key]
+        if key in _RUNS:
+            _RUNS.move_to_end(key)
+            return _RUNS[key]
+        model = load_checkpoint(ckpt, device)[0]
+        for old in [k for k in _RUNS if k[0] == where and k[2] == device]:
+            del _RUNS[old]  # this folder before it was rewritten: never asked for again
+        _RUNS[key] = model
+        while len(_RUNS) > RUN_CACHE_SIZE:
+            _RUNS.popitem(last=False)
+        return model
 
 
 def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
@@ -49,4 +65,4 @@ def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
     return sorted(found, key=lambda t: t[0])
 
 
-__all__ = ["load_run", "sweep_runs"]
+__all__ = ["RUN_CACHE_SIZE", "load_run", "sweep_runs"]

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -717,6 +717,20 @@ def machine() -> dict:
             "timm": timm.__version__, "device": dev}
 
 
+def portable_paths(tree):
+    """``tree`` (a card: dicts, lists, plain values) with every absolute path string reduced
+    to its last component (``/home/me/runs/p`` -> ``p``), so a shipped card names no folder of
+    the machine that made it; relative paths and other values are kept as they are."""
+    if isinstance(tree, dict):
+        return {k: portable_paths(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [portable_paths(v) for v in tree]
+    if isinstance(tree, str) and (PurePosixPath(tree).is_absolute()
+                                  or PureWindowsPath(tree).is_absolute()):
+        return PureWindowsPath(tree).name if PureWindowsPath(tree).drive else PurePosixPath(tree).name
+    return tree
+
+
 def _history(run: Path) -> list[dict]:
     f = run / "history.jsonl"
     out = []
@@ -737,7 +751,7 @@ def export_backbone(run_dir: str | Path, out_file: str | Path, dtype: str = "flo
     decoder); it is loaded back into a fresh ``Backbone`` before the card is written, so a
     file that does not fit never ships. The card (``<name>.card.json``) records the
     objective, the data split and scene-seed range, the optimization, wall time, machine and
-    the file's sha256. -> the card.
+    the file's sha256, and no absolute path (``portable_paths``). -> the card.
     """
     from safetensors import safe_open
     from safetensors.torch import save
@@ -810,6 +824,7 @@ def export_backbone(run_dir: str | Path, out_file: str | Path, dtype: str = "flo
                   "EVA-02 weights",
         "config": _config_dict(cfg),
     }
+    card = portable_paths(card)  # out_dir, a weights file: no absolute path of this machine
     write_text(card_path(out_file), json.dumps(card, indent=2) + "\n")
     return card
 
@@ -852,4 +867,4 @@ pretrain_app = _make_app()
 
 __all__ = ["PretrainConfig", "PretrainDataConfig", "Pretrainer", "MIMModel", "MIMOutput",
            "export_backbone", "check_disjoint", "load_pretrain_config", "pretrain_app",
-           "patch_targets", "patchify", "block_mask", "random_mask", "card_path"]
+           "patch_targets", "patchify", "block_mask", "random_mask", "card_path", "portable_paths"]

@@ -298,15 +298,24 @@ class Trainer:
         batch = next(self._batches)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def batch_of(self, step: int) -> dict:
+        """The training batch of ``step`` (this process's share of it) on the device: what
+        ``fit``'s loader yields for that step, rendered here in this process."""
+        t = self.cfg.train
+        idx = StepBatches(len(self.train_set), t.batch_size, t.seed, step, step + 1, self.rank,
+                          self.world).indices(step)
+        batch = _collate(("image", *self.tasks))([self.train_set[i] for i in idx])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
     def train_step(self, step: int, batch: dict | None = None) -> dict:
-        """The optimizer step of ``step`` (no events, no count): plain values."""
+        """The optimizer step of ``step`` on ``batch`` (default: ``batch_of(step)``), the one
+        ``step()`` and ``fit()`` take: the loss R + lambda * task loss of step's task, the
+        entropy bottleneck's auxiliary loss, Adam, the scheduler. No events, no count (a
+        benchmark can time it on a fixed batch): returns plain values."""
         model, cfg = self.model, self.cfg
         task = self.tasks[step % len(self.tasks)]
         if batch is None:
-            idx = StepBatches(len(self.train_set), cfg.train.batch_size, cfg.train.seed, step,
-                              step + 1, self.rank, self.world).indices(step)
-            batch = _collate(("image", *self.tasks))([self.train_set[i] for i in idx])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = self.batch_of(step)
         use_amp = self.device.startswith("cuda") and cfg.train.amp
         with model.lock:  # readers in other threads see the weights before or after the step
             model.train()
