@@ -11,6 +11,7 @@ from icm_core.config import schema as C
 from icm_core.errors import ConfigError
 from icm_core.evaluation.cost import storage
 from icm_core.evaluation.results import _base_label
+from icm_core.inspection import dora
 from icm_core.models import adapters as ad
 from icm_core.models.adapters import ADAPTER_KINDS, AdapterKind, get_adapter_kind
 from icm_core.models.backbone import Backbone
@@ -204,3 +205,10 @@ def test_a_new_kind_is_one_class_and_one_registration(monkeypatch):
         norms[0].add_(1.0)
     ad.load_adapter_state_dict(backbone, "depth", state)
     assert torch.equal(norms[0], next(iter(state.values())))
+
+
+def test_dora_inspection_refuses_kinds_without_low_rank_adapters():
+    m = build_model(tiny_config("adapter=fixed"))
+    assert dora.adapted_layers(m) == []
+    with pytest.raises(ConfigError, match="adapter.mode='fixed' has no low-rank adapters"):
+        dora.dora_view(m, "semseg", "blocks.0.attn.q_proj")
