@@ -22,6 +22,7 @@ from icm_core.inspection import attention as att
 from icm_core.inspection import dora
 from icm_core.inspection import image as ins
 from icm_core.inspection.error_maps import error_map, error_unit
+from icm_core.models.adapters import get_adapter_kind
 from icm_core.viz import inspector as figs
 from widgets._figure import drawn, live_figure
 from widgets._panel import Panel
@@ -109,7 +110,7 @@ class InspectorPanel(Panel):
         self.task.value = m.tasks[0]
         self.task_b.options = ["-", *m.tasks]
         self.task_b.value = "-"
-        layers = dora.adapted_layers(m) if m.cfg.adapter.mode in ("dora", "lora") else []
+        layers = dora.adapted_layers(m) if get_adapter_kind(m.cfg.adapter.mode).low_rank else []
         self.layer.options = layers
         self.layer.value = layers[0] if layers else None
         self.block.options = list(range(len(m.backbone.vit.blocks)))

@@ -35,6 +35,7 @@ from icm_core.config.overrides import (
 from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import compose as _compose
 from icm_core.evaluation.cost import setup_readout
+from icm_core.models.adapters import get_adapter_kind
 from icm_core.training.checkpoint import load_config_file
 from icm_core.workspace.queue import QUEUE_MANAGED, run_overrides
 from widgets._panel import Panel
@@ -364,6 +365,14 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def _adapter_text(a: dict) -> str:
+    """'dora, rank 8, q,k,v'; a kind without rank and targets shows what it trains instead."""
+    kind = get_adapter_kind(a["mode"])
+    if kind.low_rank:
+        return f"{kind.name}, rank {a['rank']}, {','.join(a['targets'])}"
+    return f"{kind.name}: {html.escape(kind.description)}"
+
+
 def readout_html(r: dict) -> str:
     badge = r["weights_badge"]
     colour = BADGE_COLOURS.get(badge, "#555")
@@ -374,8 +383,7 @@ def readout_html(r: dict) -> str:
     rows = [
         ("backbone", f"{html.escape(r['backbone'])} <span style='background:{colour};color:white;"
                      f"padding:0 6px;border-radius:8px'>{badge}</span>{notice}"),
-        ("adapter", f"{r['adapter']['mode']}, rank {r['adapter']['rank']}, "
-                    f"{','.join(r['adapter']['targets'])}"),
+        ("adapter", _adapter_text(r["adapter"])),
         ("trainable backbone", f"{r['trainable_backbone_params']:,} of {r['backbone_params']:,} "
                                f"({r['trainable_percent']:.4g} %)"),
         ("adapter file", f"{_bytes(r['adapter_bytes'])} (safetensors, {r['adapter_bytes']:,} B)"),

@@ -15,7 +15,13 @@ from typing import Any
 
 from icm_core.errors import ConfigError
 
+# adapter.mode values: the names of icm_core.models.adapters.ADAPTER_KINDS, whose objects hold
+# what each mode is and does. The config layer may not import models, so validation reads the
+# two facts it needs from these tuples; tests/test_adapter_kinds.py keeps them equal to the
+# kinds' low_rank and owns_backbone flags.
 ADAPTER_MODES = ("dora", "lora", "full", "fixed", "scratch")
+LOW_RANK_MODES = ("dora", "lora")  # rank, alpha and targets mean something
+BACKBONE_OWNING_MODES = ("full", "scratch")  # one backbone copy per task: one task per run
 TARGET_NAMES = ("q", "k", "v", "o", "up", "down")
 DECODER_KINDS = ("low", "full")
 
@@ -91,7 +97,7 @@ class AdapterConfig:
     def __post_init__(self):
         if self.mode not in ADAPTER_MODES:
             raise ConfigError(f"adapter.mode={self.mode!r}; choose one of {list(ADAPTER_MODES)}")
-        if self.mode in ("dora", "lora"):
+        if self.mode in LOW_RANK_MODES:
             _at_least("adapter.rank", self.rank, 1)
             if self.alpha is not None:
                 _positive("adapter.alpha", self.alpha, " or null (alpha = rank)")
@@ -206,7 +212,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.adapter.mode in ("full", "scratch") and len(self.tasks) > 1:
+        if self.adapter.mode in BACKBONE_OWNING_MODES and len(self.tasks) > 1:
             raise ConfigError(
                 f"adapter.mode={self.adapter.mode!r} trains the whole backbone, one copy per task; "
                 f"tasks={list(self.tasks)} would share it. Train one task per run, or use dora/lora")

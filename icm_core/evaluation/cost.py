@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from icm_core.config import load_config
 from icm_core.config.schema import ExperimentConfig
+from icm_core.models.adapters import adapter_state_dict, get_adapter_kind
 
 FLOAT32_BYTES = 4  # every parameter of a built model is float32 (bf16 only under autocast)
 WEIGHT_BADGES = {"random": "random", "synthetic": "synthetic-pretrained"}  # anything else: real
@@ -74,8 +75,7 @@ def storage(info: dict, k: int) -> dict:
     """
     backbone = info["backbone_params"] * FLOAT32_BYTES
     head = info["head_params"] * FLOAT32_BYTES
-    mode = info["adapter"]["mode"]
-    own_backbone = mode in ("full", "scratch")
+    own_backbone = get_adapter_kind(info["adapter"]["mode"]).owns_backbone
     per_task = head + (backbone if own_backbone else info["adapter_bytes"])  # fixed: 0 bytes
     total = (0 if own_backbone else backbone) + k * per_task
     copies = k * (backbone + head)
@@ -120,7 +120,6 @@ __all__ = ["compose", "decoder_gflops", "setup_readout", "storage", "weights_bad
 def model_info(overrides) -> dict:
     """The resolved model described without building it in memory (meta device, no weights)."""
     from icm_core.config import load_config
-    from icm_core.models.adapters import adapter_state_dict
     from icm_core.models.backbone import weights_available, weights_notice, weights_source
     from icm_core.models.icm import build_model, serialized_size
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from icm_core.evaluation.bdrate import bd_rate
 from icm_core.evaluation.evaluate import EvalResult
 from icm_core.files import write_text
+from icm_core.models.adapters import ADAPTER_KINDS
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class Curve:
 
 def _base_label(s: dict) -> str:
     mode = s.get("adapter", "?")
-    label = f"{mode} r{s.get('rank')} {''.join(s.get('targets') or ())}" \
-        if mode in ("dora", "lora") else str(mode)
+    kind = ADAPTER_KINDS.get(mode) if isinstance(mode, str) else None  # a foreign file: its text
+    label = kind.label(s.get("rank"), s.get("targets")) if kind else str(mode)
     if s.get("decoder") == "full":
         label += " full-dec"
     if s.get("inter_sup") is False:

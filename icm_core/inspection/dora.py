@@ -24,6 +24,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from icm_core.errors import ConfigError
+from icm_core.models.adapters import get_adapter_kind
 
 _PREFIX = "base_model.model."
 
@@ -35,7 +36,7 @@ def adapted_layers(model) -> list[str]:
 
 
 def _layer(model, name: str) -> LoraLayer:
-    if model.cfg.adapter.mode not in ("dora", "lora"):
+    if not get_adapter_kind(model.cfg.adapter.mode).low_rank:
         raise ConfigError(f"adapter.mode={model.cfg.adapter.mode!r} has no low-rank adapters to "
                           "take apart; open a dora or lora run")
     mods = dict(model.backbone.model.named_modules())

@@ -13,15 +13,34 @@ named adapters on one model: each task gets its own adapter on the one shared ba
 Modes (the paper's backbone study, Fig. 5a): ``dora``/``lora`` (adapters train, backbone
 frozen), ``full`` (every backbone weight trains), ``fixed`` (nothing in the backbone trains),
 ``scratch`` (random initialization, everything trains).
+
+Each mode is an ``AdapterKind`` object (as peft's ``LoraVariant`` is for DoRA and its kin):
+what it is (``low_rank``, ``owns_backbone``, ``trains_backbone``, ``random_init``, ``label``)
+and what it does to a backbone (``attach``, ``route``, ``set_trainable``, ``parameters``,
+``state_dict``, ``load_state_dict``). ``ADAPTER_KINDS`` holds one per ``adapter.mode``; code
+asks ``get_adapter_kind(cfg.adapter.mode).low_rank`` and never tests mode strings. The config
+keeps ``adapter.mode`` a plain string, so Hydra, the CLI and the widgets are unchanged.
+
+How to add an adapter kind:
+  1. Subclass ``AdapterKind`` (the ``fixed`` behaviour: nothing attached, trained or stored) or
+     ``LowRankKind`` (another peft ``LoraConfig`` variant) and override what differs: the
+     flags, ``attach`` (wrap the backbone for one task), ``parameters`` (what the task trains)
+     and ``state_dict``/``load_state_dict`` (what its task file stores).
+  2. Register one instance in ``ADAPTER_KINDS`` below, under its mode name.
+  3. Add the name to ``ADAPTER_MODES`` in ``icm_core/config/schema.py`` (the config layer may
+     not import models; ``tests/test_adapter_kinds.py`` checks that the two agree, and the
+     schema's ``LOW_RANK_MODES``/``BACKBONE_OWNING_MODES`` against the flags), and optionally
+     an ``icm_core/conf/adapter/<name>.yaml`` preset.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
@@ -65,30 +84,185 @@ def target_module_names(vit: nn.Module, targets) -> list[str]:
     return sorted(set(names))
 
 
-def lora_config(cfg: AdapterConfig, vit: nn.Module) -> LoraConfig:
-    return LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
-        target_modules=target_module_names(vit, cfg.targets),
-        use_dora=cfg.mode == "dora",
-        lora_dropout=0.0,  # peft's DoRA recomputes the base matmul when dropout > 0
-        bias="none",
-    )
+class AdapterKind:
+    """How a backbone is adapted to each task: one instance per ``adapter.mode``.
+
+    The base class is the ``fixed`` behaviour: nothing in the backbone belongs to a task, so
+    nothing is attached, trains or is stored. Subclasses override what differs.
+
+    Attributes:
+      name: the ``adapter.mode`` value.
+      title: how people write it ("DoRA"); ``label(rank, targets)`` is the short text of tables,
+        legends and run names ("dora r8 qkv", "full").
+      low_rank: a peft low-rank adapter per task on the shared frozen backbone (rank, alpha and
+        targets mean something).
+      owns_backbone: every backbone weight belongs to the task: one backbone copy per task, so
+        a run holds one task and the task file holds the whole backbone.
+      trains_backbone: the backbone's own weights train (not only adapters attached to it).
+      random_init: the backbone starts from random weights (``backbone.weights=none``).
+    """
+
+    low_rank: ClassVar[bool] = False
+    owns_backbone: ClassVar[bool] = False
+    trains_backbone: ClassVar[bool] = False
+    random_init: ClassVar[bool] = False
+
+    def __init__(self, name: str, title: str, description: str):
+        self.name, self.title, self.description = name, title, description
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    @property
+    def fine_tunes_pretrained(self) -> bool:
+        """The pretrained backbone weights train (``train.backbone_lr`` applies to them)."""
+        return self.trains_backbone and not self.random_init
+
+    def label(self, rank: int | None = None, targets=None) -> str:
+        """'dora r8 qkv', 'full': the configuration as legends, tables and run names show it."""
+        return self.name
+
+    def attach(self, backbone: Backbone, task: str, cfg: AdapterConfig) -> None:
+        """Give ``backbone`` what ``task`` needs (called once per task, in task order)."""
+
+    def route(self, backbone: Backbone, task: str) -> None:
+        """Put ``task``'s adapter in the forward path; no ``requires_grad`` changes."""
+
+    def set_trainable(self, backbone: Backbone, tasks) -> None:
+        """Exactly the backbone tensors that ``tasks`` own train."""
+        backbone.requires_grad_(self.trains_backbone)
+
+    def parameters(self, backbone: Backbone, task: str) -> list[nn.Parameter]:
+        """The backbone parameters ``task`` owns and may train."""
+        return list(backbone.parameters()) if self.owns_backbone else []
+
+    def state_dict(self, backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
+        """The backbone tensors a task file stores for ``task`` (views when ``clone=False``)."""
+        return {}
+
+    def load_state_dict(self, backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` (already checked against ``state_dict``'s keys and shapes)."""
+
+    def trainable_numel(self, backbone: Backbone, task: str) -> int:
+        """Backbone parameters ``task`` trains (the numerator of the paper's "0.41 %")."""
+        return 0
+
+
+class LowRankKind(AdapterKind):
+    """A peft LoRA adapter per task on the shared frozen backbone; DoRA with ``use_dora``."""
+
+    low_rank = True
+
+    def __init__(self, name: str, title: str, description: str, *, use_dora: bool):
+        super().__init__(name, title, description)
+        self.use_dora = use_dora
+
+    def label(self, rank: int | None = None, targets=None) -> str:
+        return f"{self.name} r{rank} {''.join(targets or ())}"
+
+    def peft_config(self, cfg: AdapterConfig, vit: nn.Module) -> LoraConfig:
+        """peft's config of one task's adapter on the timm model ``vit``."""
+        return LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+            target_modules=target_module_names(vit, cfg.targets),
+            use_dora=self.use_dora,
+            lora_dropout=0.0,  # peft's DoRA recomputes the base matmul when dropout > 0
+            bias="none",
+        )
+
+    def attach(self, backbone: Backbone, task: str, cfg: AdapterConfig) -> None:
+        model = backbone.model
+        if isinstance(model, PeftModel):  # a later task: the first task's config, copied
+            model.add_adapter(task, copy.deepcopy(next(iter(model.peft_config.values()))))
+        else:
+            backbone.model = get_peft_model(model, self.peft_config(cfg, model), adapter_name=task)
+
+    def route(self, backbone: Backbone, task: str) -> None:
+        for layer in _tuner_layers(backbone):
+            layer._active_adapter = [task]
+
+    def set_trainable(self, backbone: Backbone, tasks) -> None:
+        own = {f".{t}." for t in tasks}
+        for name, p in backbone.model.named_parameters():
+            p.requires_grad_(any(o in name for o in own) or any(name.endswith(o[:-1]) for o in own))
+
+    def parameters(self, backbone: Backbone, task: str) -> list[nn.Parameter]:
+        return [p for n, p in backbone.model.named_parameters()
+                if f".{task}." in n or n.endswith(f".{task}")]
+
+    def state_dict(self, backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
+        state = get_peft_model_state_dict(backbone.model, adapter_name=task)
+        return {k: v.detach().clone() if clone else v.detach() for k, v in state.items()}
+
+    def load_state_dict(self, backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:
+        result = set_peft_model_state_dict(backbone.model, state, adapter_name=task)
+        bad = [k for k in result.unexpected_keys if f".{task}" in k]
+        if bad:
+            raise ConfigError(f"adapter of task {task!r} does not fit this backbone: unexpected {bad[:3]}")
+
+    def trainable_numel(self, backbone: Backbone, task: str) -> int:
+        return sum(v.numel() for v in self.state_dict(backbone, task, clone=False).values())
+
+
+class WholeBackboneKind(AdapterKind):
+    """Every backbone weight trains for the one task: the task owns its backbone copy."""
+
+    owns_backbone = True
+    trains_backbone = True
+
+    def __init__(self, name: str, title: str, description: str, *, random_init: bool):
+        super().__init__(name, title, description)
+        self.random_init = random_init  # an instance flag: full and scratch differ only here
+
+    def state_dict(self, backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() if clone else v.detach()
+                for k, v in backbone.vit.state_dict().items()}
+
+    def load_state_dict(self, backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:
+        backbone.vit.load_state_dict(state, strict=True)
+
+    def trainable_numel(self, backbone: Backbone, task: str) -> int:
+        # pruned modules (unused norms, head) do not exist, so do not train
+        return sum(p.numel() for p in backbone.parameters())
+
+
+# adapter.mode -> kind; the order is the config's (ADAPTER_MODES) and the dropdowns'
+ADAPTER_KINDS: dict[str, AdapterKind] = {k.name: k for k in (
+    LowRankKind("dora", "DoRA", "a low-rank adapter with a learned magnitude per task; "
+                "backbone frozen", use_dora=True),
+    LowRankKind("lora", "LoRA", "a low-rank adapter per task; backbone frozen", use_dora=False),
+    WholeBackboneKind("full", "full fine-tuning", "every backbone weight trains, one copy per task",
+                      random_init=False),
+    AdapterKind("fixed", "fixed backbone", "no backbone weight trains; only the task heads"),
+    WholeBackboneKind("scratch", "from scratch", "random initialization, everything trains, one "
+                      "copy per task", random_init=True),
+)}
+
+
+def get_adapter_kind(mode: str) -> AdapterKind:
+    """The kind registered as ``mode``; ``ConfigError`` naming the value and the choices."""
+    try:
+        return ADAPTER_KINDS[mode]
+    except (KeyError, TypeError):
+        raise ConfigError(f"adapter.mode={mode!r} is not an adapter kind; choose one of "
+                          f"{list(ADAPTER_KINDS)}") from None
+
+
+def kind_of(backbone: Backbone) -> AdapterKind:
+    """The adapter kind ``attach_adapters`` gave ``backbone``."""
+    return get_adapter_kind(backbone.adapter_cfg.mode)
 
 
 def attach_adapters(backbone: Backbone, cfg: AdapterConfig, tasks) -> None:
-    """Give ``backbone`` one adapter per task (dora/lora) or set which weights train."""
+    """Give ``backbone`` what each task needs (an adapter for dora/lora) and set what trains."""
     tasks = list(tasks)
+    kind = get_adapter_kind(cfg.mode)
     backbone.adapter_cfg = cfg
     backbone.tasks = tasks
-    if cfg.mode in ("dora", "lora"):
-        vit = backbone.model
-        config = lora_config(cfg, vit)
-        peft_model = get_peft_model(vit, config, adapter_name=tasks[0])
-        for t in tasks[1:]:
-            peft_model.add_adapter(t, copy.deepcopy(config))
-        backbone.model = peft_model
-        route(backbone, tasks[0])
+    for t in tasks:
+        kind.attach(backbone, t, cfg)
+    route(backbone, tasks[0])
     set_trainable(backbone, tasks)
 
 
@@ -109,21 +283,13 @@ def route(backbone: Backbone, task: str) -> None:
     """
     if task not in backbone.tasks:
         raise ConfigError(f"task {task!r} has no adapter; this model has {backbone.tasks}")
-    if backbone.adapter_cfg.mode in ("dora", "lora"):
-        for layer in _tuner_layers(backbone):
-            layer._active_adapter = [task]
+    kind_of(backbone).route(backbone, task)
 
 
 def set_trainable(backbone: Backbone, tasks) -> None:
     """Exactly the backbone tensors that ``tasks`` own train: their adapters (dora/lora), every
     weight (full/scratch) or nothing (fixed)."""
-    mode = backbone.adapter_cfg.mode
-    if mode in ("dora", "lora"):
-        own = {f".{t}." for t in tasks}
-        for name, p in backbone.model.named_parameters():
-            p.requires_grad_(any(o in name for o in own) or any(name.endswith(o[:-1]) for o in own))
-    else:
-        backbone.requires_grad_(mode in ("full", "scratch"))
+    kind_of(backbone).set_trainable(backbone, tasks)
 
 
 def adapter_state_dict(backbone: Backbone, task: str, clone: bool = True) -> dict[str, torch.Tensor]:
@@ -131,14 +297,7 @@ def adapter_state_dict(backbone: Backbone, task: str, clone: bool = True) -> dic
 
     ``clone=False`` returns views of the live tensors (for hashing without copying).
     """
-    mode = backbone.adapter_cfg.mode
-    if mode in ("dora", "lora"):
-        state = get_peft_model_state_dict(backbone.model, adapter_name=task)
-    elif mode in ("full", "scratch"):
-        state = backbone.vit.state_dict()
-    else:
-        return {}
-    return {k: v.detach().clone() if clone else v.detach() for k, v in state.items()}
+    return kind_of(backbone).state_dict(backbone, task, clone)
 
 
 def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torch.Tensor]) -> None:
@@ -146,8 +305,8 @@ def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torc
 
     peft loads non-strictly: without this check missing keys would keep their old values.
     """
-    mode = backbone.adapter_cfg.mode
-    want = adapter_state_dict(backbone, task, clone=False)
+    kind = kind_of(backbone)
+    want = kind.state_dict(backbone, task, clone=False)
     missing = sorted(want.keys() - state.keys())
     unexpected = sorted(state.keys() - want.keys())
     wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})"
@@ -155,15 +314,9 @@ def load_adapter_state_dict(backbone: Backbone, task: str, state: dict[str, torc
     if missing or unexpected or wrong:
         parts = [f"{what} {len(keys)}: {keys[:4]}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise ConfigError(f"adapter of task {task!r} does not fit this backbone (adapter {mode}): "
+        raise ConfigError(f"adapter of task {task!r} does not fit this backbone (adapter {kind.name}): "
                           + "; ".join(parts))
-    if mode in ("dora", "lora"):
-        result = set_peft_model_state_dict(backbone.model, state, adapter_name=task)
-        bad = [k for k in result.unexpected_keys if f".{task}" in k]
-        if bad:
-            raise ConfigError(f"adapter of task {task!r} does not fit this backbone: unexpected {bad[:3]}")
-    elif mode in ("full", "scratch"):
-        backbone.vit.load_state_dict(state, strict=True)
+    kind.load_state_dict(backbone, task, state)
 
 
 @dataclass(frozen=True)
@@ -180,15 +333,7 @@ class ParameterReport:
 
 def trainable_parameters(backbone: Backbone, task: str) -> ParameterReport:
     """Count the frozen backbone's parameters and what ``task`` trains in it."""
-    mode = backbone.adapter_cfg.mode
-    own = adapter_state_dict(backbone, task, clone=False) if mode in ("dora", "lora") else {}
     adapter_ids = {id(p) for n, p in backbone.named_parameters() if "lora_" in n}
     used = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter_ids)
     base = used + backbone.pruned_params  # the whole network, as the paper counts it
-    if mode in ("dora", "lora"):
-        trainable = sum(v.numel() for v in own.values())
-    elif mode in ("full", "scratch"):
-        trainable = used  # pruned modules (unused norms, head) do not exist, so do not train
-    else:
-        trainable = 0
-    return ParameterReport(base, trainable)
+    return ParameterReport(base, kind_of(backbone).trainable_numel(backbone, task))

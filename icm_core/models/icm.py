@@ -160,8 +160,9 @@ class ICMModel(nn.Module):
         self.dataset = cfg.data.name
         self.tasks = resolve_tasks(cfg.tasks, self.dataset)
         bcfg = cfg.backbone
-        if cfg.adapter.mode == "scratch" and bcfg.weights not in ("none", ""):
-            raise ConfigError(f"adapter.mode=scratch trains from random weights but backbone.weights="
+        kind = ad.get_adapter_kind(cfg.adapter.mode)
+        if kind.random_init and bcfg.weights not in ("none", ""):
+            raise ConfigError(f"adapter.mode={kind.name} trains from random weights but backbone.weights="
                               f"{bcfg.weights!r}; set backbone.weights=none")
         self.backbone = Backbone(bcfg, load_weights=load_weights)
         # the frozen weights a checkpoint refers to (None on the meta device)
@@ -214,14 +215,7 @@ class ICMModel(nn.Module):
         """Every parameter ``task`` owns and may train: its adapter (or the backbone in
         full/scratch mode) and its head. In ``fixed`` mode the backbone contributes none."""
         task = self.task_arg(task)
-        mode = self.cfg.adapter.mode
-        if mode in ("dora", "lora"):
-            own = [p for n, p in self.backbone.model.named_parameters()
-                   if f".{task}." in n or n.endswith(f".{task}")]
-        elif mode in ("full", "scratch"):
-            own = list(self.backbone.parameters())
-        else:
-            own = []
+        own = ad.kind_of(self.backbone).parameters(self.backbone, task)
         return own + list(self.heads[task].parameters())
 
     # -- forward ------------------------------------------------------------------------
@@ -324,7 +318,7 @@ class ICMModel(nn.Module):
                 wrong.append(f"{k} {tuple(v.shape)} {v.dtype} (model: {tuple(w.shape)} {w.dtype})")
         if missing or unexpected or wrong:
             a = self.cfg.adapter
-            rank = f" rank {a.rank}" if a.mode in ("dora", "lora") else ""
+            rank = f" rank {a.rank}" if ad.get_adapter_kind(a.mode).low_rank else ""
             raise ConfigError(
                 f"weights of task {task!r} do not fit this model (adapter {a.mode}{rank}): "
                 + "; ".join(f"{what} {len(keys)} {'key' if len(keys) == 1 else 'keys'} {keys[:4]}"
@@ -335,8 +329,7 @@ class ICMModel(nn.Module):
             return
         adapter = {k[8:]: v for k, v in state.items() if k.startswith("adapter.")}
         head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        if self.cfg.adapter.mode in ("dora", "lora", "full", "scratch"):
-            ad.load_adapter_state_dict(self.backbone, task, adapter)
+        ad.load_adapter_state_dict(self.backbone, task, adapter)  # fixed: nothing to load
         entropy = self.heads[task].entropy
         if entropy is not None:  # table buffers are rebuilt from the weights; take their shapes
             for name in TABLE_BUFFERS:

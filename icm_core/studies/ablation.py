@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from icm_core.config import load_config
-from icm_core.config.schema import ADAPTER_MODES, TARGET_NAMES, ExperimentConfig
+from icm_core.config.schema import TARGET_NAMES, ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.files import write_text
+from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
 
-LOW_RANK = ("dora", "lora")
 GRID_KEYS = ("adapter.mode", "adapter.rank", "adapter.targets", "lmbda", "out_dir", "resume")
 STEP_TIMES = ".step-times.json"  # cache of measured step times, in the workspace
 
@@ -47,9 +47,7 @@ class GridPoint:
 
 def config_label(mode: str, rank: int | None = None, targets=None) -> str:
     """'dora r8 qkv', 'full': how a configuration is named in legends and run names."""
-    if mode not in LOW_RANK:
-        return mode
-    return f"{mode} r{rank} {''.join(targets or ())}"
+    return get_adapter_kind(mode).label(rank, targets)
 
 
 def _fmt(x: float) -> str:
@@ -71,10 +69,11 @@ def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
     target_sets = [tuple(t) for t in target_sets]
     if not modes or not lambdas:
         raise ConfigError("an ablation grid needs at least one adapter mode and one lambda")
-    bad = [m for m in modes if m not in ADAPTER_MODES]
+    bad = [m for m in modes if m not in ADAPTER_KINDS]
     if bad:
-        raise ConfigError(f"adapter modes {bad}: choose from {list(ADAPTER_MODES)}")
-    if any(m in LOW_RANK for m in modes):
+        raise ConfigError(f"adapter modes {bad}: choose from {list(ADAPTER_KINDS)}")
+    low_rank = {m: get_adapter_kind(m).low_rank for m in modes}
+    if any(low_rank.values()):
         if not ranks or not target_sets:
             raise ConfigError("dora/lora in the grid need at least one rank and one target set")
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
@@ -89,17 +88,17 @@ def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
     cfg = load_config(kept)  # composed once; each point only changes adapter fields and lmbda
     combos: list[tuple] = []
     for mode in dict.fromkeys(modes):
-        if mode in LOW_RANK:
+        if low_rank[mode]:
             combos += [(mode, r, ts) for r in dict.fromkeys(ranks) for ts in dict.fromkeys(target_sets)]
         else:
             combos.append((mode, None, None))
     points = []
     for (mode, rank, targets), lmbda in itertools.product(combos, dict.fromkeys(lambdas)):
         grid = [f"adapter.mode={mode}", f"lmbda={_fmt(lmbda)}"]
-        if mode in LOW_RANK:
+        if low_rank[mode]:
             grid += [f"adapter.rank={rank}", f"adapter.targets=[{','.join(targets)}]"]
         adapter = replace(cfg.adapter, mode=mode, **({"rank": rank, "targets": list(targets)}
-                                                     if mode in LOW_RANK else {}))
+                                                     if low_rank[mode] else {}))
         replace(cfg, adapter=adapter, lmbda=float(lmbda))  # validates the combination
         name = f"{config_label(mode, rank, targets).replace(' ', '-')}-lmbda{_fmt(lmbda)}"
         points.append(GridPoint(name, mode, rank, targets, float(lmbda), (*kept, *grid),
@@ -284,7 +283,7 @@ def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> li
         path = Path(getattr(run, "path", run))
         cfg = load_config_file(resolve_checkpoint_dir(path))
         a = cfg.adapter
-        low = a.mode in LOW_RANK
+        low = get_adapter_kind(a.mode).low_rank
         for p in run_points(path, max_images=max_images, device=device):
             trainable, total = trainable_share(cfg, p.task)
             rows.append({"run": str(path), "label": config_label(a.mode, a.rank, a.targets),

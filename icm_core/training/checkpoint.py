@@ -36,6 +36,7 @@ from icm_core.config.compose import to_experiment
 from icm_core.config.schema import AdapterConfig, ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.files import atomic_path, write_text
+from icm_core.models.adapters import get_adapter_kind
 
 FORMAT = "icm-checkpoint-1"
 _CKPT = re.compile(r"ckpt-\d+")
@@ -160,7 +161,7 @@ def load_config_file(ckpt: Path) -> ExperimentConfig:
 def adapter_signature(a: AdapterConfig) -> dict[str, str]:
     """What fixes the adapter tensors and their meaning (rank, alpha, targets: dora/lora only)."""
     sig = {"adapter_mode": a.mode}
-    if a.mode in ("dora", "lora"):
+    if get_adapter_kind(a.mode).low_rank:
         sig["adapter_rank"] = str(a.rank)
         sig["adapter_alpha"] = f"{float(a.alpha if a.alpha is not None else a.rank):g}"
         sig["adapter_targets"] = ",".join(sorted(a.targets))

@@ -35,6 +35,7 @@ from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
 from icm_core.evaluation.evaluate import EvalResult, evaluate
 from icm_core.files import write_text
+from icm_core.models.adapters import get_adapter_kind
 from icm_core.models.icm import ICMModel, build_model
 from icm_core.tasks.objective import task_loss
 from icm_core.tasks.registry import resolve_tasks
@@ -238,7 +239,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.params = set_trainable(self.model, self.tasks)
         self.optimizer = build_optimizer(self.model, self.params, cfg.train,
-                                         full_finetune=cfg.adapter.mode == "full")
+                                         full_finetune=get_adapter_kind(cfg.adapter.mode).fine_tunes_pretrained)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self._ddp = self._wrap_ddp()
         self.subscribers: list[Callable[[TrainEvent], None]] = []

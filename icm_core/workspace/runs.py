@@ -21,6 +21,7 @@ from pathlib import Path
 
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError, ICMError
+from icm_core.models.adapters import get_adapter_kind
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
 from icm_core.workspace.queue import STATE_FILE
 
@@ -70,7 +71,7 @@ class Skipped:
 def settings_of(cfg: ExperimentConfig) -> dict:
     """The settings a researcher tells runs apart by (the Runs table's columns)."""
     a = cfg.adapter
-    low_rank = a.mode in ("dora", "lora")
+    low_rank = get_adapter_kind(a.mode).low_rank
     from icm_core.models.backbone import weights_source
 
     try:
