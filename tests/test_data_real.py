@@ -13,13 +13,21 @@ import torch
 from PIL import Image
 
 from icm_core.cli.main import main
+from icm_core.config import load_config
+from icm_core.config.overrides import config_overrides
 from icm_core.config.schema import DATASETS, DataConfig
 from icm_core.data.check import check_dataset
 from icm_core.data.folder import ImageFolder
 from icm_core.data.hf import HFDataset
 from icm_core.data.nyud import NYUD
 from icm_core.data.pascal_context import NORMALS_CLASSES, PASCALContext, boundary_from_labelmap
-from icm_core.data.registry import dataset_names, get_dataset, make_dataset
+from icm_core.data.registry import (
+    _REGISTRY,
+    dataset_names,
+    get_dataset,
+    make_dataset,
+    register_dataset,
+)
 from icm_core.data.transforms import EvalTransform, TrainTransform, hflip, sample_generator
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
@@ -388,6 +396,13 @@ def test_hf_saved_dataset_with_column_mapping(tmp_path):
         HFDataset(str(tmp_path / "hf"), "val", ["normals"], columns={"image": "img"})
     rep = check_dataset(tmp_path / "hf", "hf", columns={"image": "img", "semseg": "label"})
     assert rep.ok and rep.counts["train"] == {"rows": 3, "semseg": 3}
+    assert main(["data", "check", str(tmp_path / "hf"), "--dataset", "hf",
+                 "--columns", "image=img,semseg=label"]) == 0
+    # a parquet file (one split) with columns named like the keys
+    hfd.Dataset.from_dict(rows, features=feats).rename_columns(
+        {"img": "image", "label": "semseg"}).to_parquet(str(tmp_path / "d.parquet"))
+    pq = HFDataset(str(tmp_path / "d.parquet"), "val", size=(H, W), labels="nyud")
+    assert pq.tasks == ("semseg",) and pq[0]["semseg"][1, 0] == 3
 
 
 # -- registry and config ----------------------------------------------------------------------
@@ -400,6 +415,22 @@ def test_registry_and_config_agree():
         DataConfig(name="hf", labels="cityscapes")
     with pytest.raises(ConfigError, match="data.name='coco'"):
         DataConfig(name="coco")
+
+
+def test_hf_columns_from_the_command_line_and_a_registered_plugin_dataset():
+    cfg = load_config(["data=hf", "data.root=/x", "data.columns={image:img,semseg:label}"])
+    assert cfg.data.columns == {"image": "img", "semseg": "label"} and cfg.data.label_space == "nyud"
+    assert "data.columns={image:img,semseg:label}" in config_overrides(cfg)
+    with pytest.raises(ConfigError, match="data.columns"):
+        load_config(["data.columns=[a]"])
+    seen = []
+    register_dataset("tiny_plugin", lambda c, split, tasks: seen.append((split, tasks)) or [],
+                     label_space="synthetic")
+    try:
+        make_dataset(DataConfig(name="tiny_plugin"), "val", ["semseg"])
+        assert seen == [("val", ["semseg"])]
+    finally:
+        _REGISTRY.pop("tiny_plugin")
 
 
 def test_icm_train_on_a_nyud_fixture_runs_end_to_end(tmp_path):

@@ -10,7 +10,7 @@ from icm_core.codec import coder
 from icm_core.config.schema import DataConfig
 from icm_core.data.check import check_dataset
 from icm_core.data.registry import dataset_names, get_dataset, make_dataset
-from icm_core.errors import ICMError
+from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import model_info
 
 
@@ -33,7 +33,12 @@ def _cmd_data_preview(args) -> int:
 
 
 def _cmd_data_check(args) -> int:
-    report = check_dataset(args.root, args.dataset, layout=args.layout)
+    pairs = [kv.split("=", 1) for kv in (args.columns or "").split(",") if kv.strip()]
+    if any(len(p) != 2 or not all(x.strip() for x in p) for p in pairs):
+        raise ConfigError(f"--columns {args.columns!r}: give KEY=COLUMN pairs, e.g. "
+                          "image=img,semseg=label")
+    report = check_dataset(args.root, args.dataset, layout=args.layout, labels=args.labels,
+                           columns={k.strip(): v.strip() for k, v in pairs})
     print(report.format())
     return 0 if report.ok else 1
 
@@ -296,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("root", help="the dataset folder (hf: a saved dataset, parquet or hub id)")
     chk.add_argument("--dataset", required=True, choices=dataset_names(aliases=True))
     chk.add_argument("--layout", default="auto", help="nyud: auto, NYUD_MT or NYUDv2")
+    chk.add_argument("--columns", default=None, help="hf: sample key=column pairs, e.g. "
+                     "image=img,semseg=label (default: columns named like the keys)")
+    chk.add_argument("--labels", default="nyud", choices=["nyud", "pascal", "synthetic"],
+                     help="hf: whose label conventions the columns follow")
     chk.set_defaults(func=_cmd_data_check)
     return p
 

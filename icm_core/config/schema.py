@@ -171,8 +171,10 @@ class DataConfig:
                          True)
     augment: bool = _help("real data: InvPT's training augmentation (random scale 0.5-2, crop, "
                           "flip, photometric jitter)", True)
-    columns: dict[str, str] = _help("hf: sample key -> column, e.g. {image: img, semseg: label} "
-                                    "(empty: columns named like the keys)", factory=dict)
+    # typed Any: OmegaConf refuses new keys in a typed dict under Hydra's struct flag, and
+    # merging into an Optional typed dict that is None fails; an Any None takes the override
+    columns: Any = _help("hf: sample key -> column, e.g. {image: img, semseg: label} (null: "
+                         "columns named like the keys)", None)
     labels: str = _help("hf, folder: whose label conventions (class counts) the tasks follow",
                         "nyud", choices=LABEL_SPACES)
 
@@ -191,7 +193,10 @@ class DataConfig:
             raise ConfigError(f"data.labels={self.labels!r}; choose one of {list(LABEL_SPACES)}")
         if not isinstance(self.root, str):
             raise ConfigError(f"data.root={self.root!r}: give a folder path as text")
-        bad = [k for k, v in dict(self.columns).items()
+        if self.columns is not None and not hasattr(self.columns, "items"):
+            raise ConfigError(f"data.columns={self.columns!r}: give sample key -> column pairs, "
+                              "e.g. {image: img, semseg: label}, or null")
+        bad = [k for k, v in dict(self.columns or {}).items()
                if not (isinstance(k, str) and k and isinstance(v, str) and v)]
         if bad:
             raise ConfigError(f"data.columns={dict(self.columns)!r}: give sample key -> column "

@@ -79,13 +79,18 @@ def load_any(root: str):
 
 
 def pick_split(data, split: str, root: str):
-    """The split of a ``DatasetDict`` (val: validation, val or test); a lone Dataset serves all."""
+    """The split of a ``DatasetDict`` (val: validation, val or test); a lone Dataset or split
+    serves every split (with a warning: train and val are then the same rows)."""
     if isinstance(data, hfd.Dataset):
         log.warning("hf dataset %s has no splits: split %s is the whole dataset", root, split)
         return data
     for name in SPLIT_COLUMNS.get(split, (split,)):
         if name in data:
             return data[name]
+    if len(data) == 1:  # e.g. one parquet file: its one split serves all
+        (only,) = data
+        log.warning("hf dataset %s has only the %s split: split %s uses it", root, only, split)
+        return data[only]
     raise DatasetError(f"data='hf' at {root}: no {split} split; it has {list(data)}. Name a "
                        f"split {' or '.join(SPLIT_COLUMNS.get(split, (split,)))}")
 

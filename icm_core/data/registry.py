@@ -90,7 +90,7 @@ def _files(cls):
 
 
 def _hf(cfg, split, tasks):
-    return HFDataset(cfg.root, split, tasks, columns=dict(cfg.columns), labels=cfg.labels,
+    return HFDataset(cfg.root, split, tasks, columns=dict(cfg.columns or {}), labels=cfg.labels,
                      size=tuple(cfg.size), augment=cfg.augment, seed=cfg.seed)
 
 
