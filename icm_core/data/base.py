@@ -169,6 +169,10 @@ class FileDataset(Dataset):
             raise_problems(self.dataset_name, scan, [p for p in image_problems if p.task == "split"],
                            hint)
         self.ids = [i for i in scan.ids if i in scan.files.get("image", {})]
+        if len(self.ids) < len(scan.ids):
+            log.warning("%s %s: %d of %d listed images missing or unreadable (left out), e.g. %s",
+                        self.dataset_name, split, len(scan.ids) - len(self.ids), len(scan.ids),
+                        next((p.path for p in image_problems if p.task == "image"), "?"))
         if not self.ids:
             raise DatasetError(f"data={self.dataset_name!r} at {root}: split {split} has no images "
                                f"({'; '.join(scan.notes) or 'none found'})")
