@@ -7,26 +7,40 @@ import sys
 
 from icm_core.baselines.classical import codecs_help
 from icm_core.codec import coder
-from icm_core.errors import ICMError
+from icm_core.config.schema import DataConfig
+from icm_core.data.check import check_dataset
+from icm_core.data.registry import dataset_names, get_dataset, make_dataset
+from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import model_info
 
 
 def _cmd_data_preview(args) -> int:
-    from icm_core.data.synthetic import SyntheticScenes
     from icm_core.files import atomic_path
     from icm_core.viz.images import sample_grid
 
-    if args.dataset != "synthetic":
-        from icm_core.errors import DatasetError
-
-        raise DatasetError(f"preview of {args.dataset!r} is not available yet; use 'synthetic'")
-    ds = SyntheticScenes(split=args.split, size=(args.height, args.width), seed=args.seed,
-                         length=args.n)
-    grid = sample_grid([ds[i] for i in range(args.n)], ds.tasks)
+    entry = get_dataset(args.dataset)
+    cfg = DataConfig(name=entry.name, size=[args.height, args.width], seed=args.seed,
+                     train_length=args.n, val_length=args.n, root=args.root or "", augment=False,
+                     strict=False, workers=0)
+    ds = make_dataset(cfg, "val" if not entry.labelled else args.split, None)
+    n = min(args.n, len(ds))
+    tasks = list(getattr(ds, "tasks_available", ds.tasks))
+    grid = sample_grid([ds[i] for i in range(n)], tasks)
     with atomic_path(args.out) as tmp:
         grid.save(tmp, format="PNG")
-    print(f"wrote {args.out} ({args.n} scenes x {len(ds.tasks)} tasks)")
+    print(f"wrote {args.out} ({n} {entry.name} samples x {len(tasks)} tasks)")
     return 0
+
+
+def _cmd_data_check(args) -> int:
+    pairs = [kv.split("=", 1) for kv in (args.columns or "").split(",") if kv.strip()]
+    if any(len(p) != 2 or not all(x.strip() for x in p) for p in pairs):
+        raise ConfigError(f"--columns {args.columns!r}: give KEY=COLUMN pairs, e.g. "
+                          "image=img,semseg=label")
+    report = check_dataset(args.root, args.dataset, layout=args.layout, labels=args.labels,
+                           columns={k.strip(): v.strip() for k, v in pairs})
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def _cmd_info(args) -> int:
@@ -273,14 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prev = data_sub.add_parser("preview", help="write a PNG grid of images and every label")
-    prev.add_argument("dataset", choices=["synthetic"], help="which dataset")
+    prev.add_argument("dataset", choices=dataset_names(aliases=True), help="which dataset")
+    prev.add_argument("--root", default=None, help="the dataset folder (real datasets)")
     prev.add_argument("--out", default="preview.png", help="PNG file to write")
-    prev.add_argument("-n", type=int, default=4, help="number of scenes (rows)")
+    prev.add_argument("-n", type=int, default=4, help="number of samples (rows)")
     prev.add_argument("--height", type=int, default=128)
     prev.add_argument("--width", type=int, default=160)
     prev.add_argument("--split", default="train", choices=["train", "val"])
     prev.add_argument("--seed", type=int, default=0)
     prev.set_defaults(func=_cmd_data_preview)
+    chk = data_sub.add_parser("check", help="count a dataset folder's images and labels per split "
+                              "and task; name every missing or malformed file (exit 1 if any)")
+    chk.add_argument("root", help="the dataset folder (hf: a saved dataset, parquet or hub id)")
+    chk.add_argument("--dataset", required=True, choices=dataset_names(aliases=True))
+    chk.add_argument("--layout", default="auto", help="nyud: auto, NYUD_MT or NYUDv2")
+    chk.add_argument("--columns", default=None, help="hf: sample key=column pairs, e.g. "
+                     "image=img,semseg=label (default: columns named like the keys)")
+    chk.add_argument("--labels", default="nyud", choices=["nyud", "pascal", "synthetic"],
+                     help="hf: whose label conventions the columns follow")
+    chk.set_defaults(func=_cmd_data_check)
     return p
 
 

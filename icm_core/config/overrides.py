@@ -65,6 +65,8 @@ def format_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # e.g. data.columns={image:img,semseg:label}
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     if not isinstance(value, str):
         return repr(value) if isinstance(value, float) else str(value)
     if _plain(value) and parse_overrides([f"k={value}"])[0][1] == value:

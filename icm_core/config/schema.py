@@ -38,7 +38,18 @@ def _positive(name: str, value, hint: str = "") -> None:
         raise ConfigError(f"{name}={value!r} must be > 0{hint}")
 
 
-DATASETS = ("synthetic", "nyud", "pascal")
+# the built-in datasets; icm_core.data.registry registers a loader for each (a test checks they
+# agree) and ``allow_dataset`` admits the names a plug-in registers
+DATASETS = ("synthetic", "nyud", "pascal", "hf", "folder")
+_DATASET_NAMES = list(DATASETS)
+LABEL_SPACES = ("synthetic", "nyud", "pascal")  # the label conventions tasks/registry knows
+NYUD_LAYOUTS = ("auto", "NYUD_MT", "NYUDv2")
+
+
+def allow_dataset(name: str) -> None:
+    """Let ``data.name`` take ``name`` (called by ``icm_core.data.registry.register_dataset``)."""
+    if name not in _DATASET_NAMES:
+        _DATASET_NAMES.append(name)
 
 
 def _help(text: str, default: Any = None, factory=None, choices: tuple | None = None):
@@ -146,23 +157,61 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _help("dataset: synthetic scenes (offline) or a real one", "synthetic", choices=DATASETS)
-    size: list[int] = _help("training crop (H, W)", factory=lambda: [64, 64])
+    name: str = _help("dataset: synthetic scenes (offline), nyud or pascal (the literature's "
+                      "layouts), hf (a Hugging Face dataset) or folder (your photos, no labels)",
+                      "synthetic", choices=DATASETS)
+    size: list[int] = _help("training crop (H, W); real datasets also evaluate at this size "
+                            "(padded with ignore values)", factory=lambda: [64, 64])
     train_length: int = _help("synthetic: scenes in the training split", 512)
     val_length: int = _help("synthetic: scenes in the validation split", 32)
-    seed: int = _help("synthetic: dataset seed", 0)
+    seed: int = _help("synthetic: dataset seed; real data: the augmentation seed", 0)
     workers: int = _help("DataLoader worker processes rendering/loading batches (0: in the "
                          "training process)", 1)
+    root: str = _help("nyud, pascal, folder: the dataset folder; hf: a saved dataset folder, a "
+                      "parquet file or folder, an image folder, or a hub id", "")
+    layout: str = _help("nyud: NYUD_MT (MTL-PyTorch/ATRC: jpg images, npy labels) or NYUDv2 "
+                        "(InvPT: png images, png normals and edges); auto detects it",
+                        "auto", choices=NYUD_LAYOUTS)
+    strict: bool = _help("refuse a dataset with missing label files (false: missing labels are "
+                         "ignored pixels and tasks without any file are dropped, with a report)",
+                         True)
+    augment: bool = _help("real data: InvPT's training augmentation (random scale 0.5-2, crop, "
+                          "flip, photometric jitter)", True)
+    # typed Any: OmegaConf refuses new keys in a typed dict under Hydra's struct flag, and
+    # merging into an Optional typed dict that is None fails; an Any None takes the override
+    columns: Any = _help("hf: sample key -> column, e.g. {image: img, semseg: label} (null: "
+                         "columns named like the keys)", None)
+    labels: str = _help("hf, folder: whose label conventions (class counts) the tasks follow",
+                        "nyud", choices=LABEL_SPACES)
 
     def __post_init__(self):
-        if self.name not in DATASETS:
-            raise ConfigError(f"data.name={self.name!r}; choose one of {list(DATASETS)}")
+        if self.name not in _DATASET_NAMES:
+            raise ConfigError(f"data.name={self.name!r}; choose one of {list(_DATASET_NAMES)}")
         _at_least("data.workers", self.workers, 0, " (0: load in the training process)")
         if len(self.size) != 2 or not all(isinstance(v, int) and v >= 1 for v in self.size):
             raise ConfigError(f"data.size={list(self.size)}: give two positive integers [H, W]")
         _at_least("data.train_length", self.train_length, 1)
         _at_least("data.val_length", self.val_length, 1)
         _at_least("data.seed", self.seed, 0)
+        if self.layout not in NYUD_LAYOUTS:
+            raise ConfigError(f"data.layout={self.layout!r}; choose one of {list(NYUD_LAYOUTS)}")
+        if self.labels not in LABEL_SPACES:
+            raise ConfigError(f"data.labels={self.labels!r}; choose one of {list(LABEL_SPACES)}")
+        if not isinstance(self.root, str):
+            raise ConfigError(f"data.root={self.root!r}: give a folder path as text")
+        if self.columns is not None and not hasattr(self.columns, "items"):
+            raise ConfigError(f"data.columns={self.columns!r}: give sample key -> column pairs, "
+                              "e.g. {image: img, semseg: label}, or null")
+        bad = [k for k, v in dict(self.columns or {}).items()
+               if not (isinstance(k, str) and k and isinstance(v, str) and v)]
+        if bad:
+            raise ConfigError(f"data.columns={dict(self.columns)!r}: give sample key -> column "
+                              "name pairs of text, e.g. {image: img, semseg: label}")
+
+    @property
+    def label_space(self) -> str:
+        """The dataset whose label conventions the tasks follow (hf, folder: ``labels``)."""
+        return self.name if self.name in LABEL_SPACES else self.labels
 
 
 @dataclass

@@ -35,10 +35,10 @@ def decoder_gflops(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | No
 
     m, p = cfg.model, cfg.backbone.patch_size
     h, w = (size if size is not None else cfg.data.size)
-    task = task or resolve_tasks(cfg.tasks, cfg.data.name)[0]
+    task = task or resolve_tasks(cfg.tasks, cfg.data.label_space)[0]
     pad = p * HYPERPRIOR_STRIDE
     latent = (-(-h // pad) * pad // p, -(-w // pad) * pad // p)
-    return _decoder_gflops(m.latent_channels, get_task(task).out_channels(cfg.data.name),
+    return _decoder_gflops(m.latent_channels, get_task(task).out_channels(cfg.data.label_space),
                            tuple(m.decoder_dims), tuple(m.decoder_depths), m.decoder_heads,
                            m.decoder, latent, p)
 
@@ -98,7 +98,7 @@ def _readout(overrides: tuple[str, ...]) -> dict:
 
     cfg = compose(overrides)
     info = model_info(list(overrides))
-    k = len(DATASET_TASKS[cfg.data.name])
+    k = len(DATASET_TASKS[cfg.data.label_space])
     return {**info, **storage(info, k),
             "image_size": list(cfg.data.size),
             "decoder_gflops": decoder_gflops(cfg),

@@ -157,7 +157,7 @@ class ICMModel(nn.Module):
     def __init__(self, cfg: ExperimentConfig, *, load_weights: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.dataset = cfg.data.name
+        self.dataset = cfg.data.label_space  # hf, folder: whose label conventions
         self.tasks = resolve_tasks(cfg.tasks, self.dataset)
         bcfg = cfg.backbone
         kind = ad.get_adapter_kind(cfg.adapter.mode)

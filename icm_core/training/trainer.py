@@ -174,11 +174,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
 class StepBatches(Sampler):
     """Index lists of every step from ``start``: the batch of step s is a function of
     (seed, s) only, so a resumed run sees the same data; process r of N takes samples
-    r, r+N, ... of the global batch a single process would see."""
+    r, r+N, ... of the global batch a single process would see. ``keyed``: yield (index, step)
+    pairs, for datasets that augment (a new crop each time a sample is drawn)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
-                 world: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+                 world: int = 1, keyed: bool = False):
+        self.n, self.batch_size, self.seed, self.keyed = n, batch_size, seed, keyed
         self.start, self.stop, self.rank, self.world = start, stop, rank, world
 
     def indices(self, step: int) -> list[int]:
@@ -187,7 +188,7 @@ class StepBatches(Sampler):
 
     def __iter__(self):
         for step in range(self.start, self.stop):
-            yield self.indices(step)
+            yield [(i, step) for i in self.indices(step)] if self.keyed else self.indices(step)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -207,7 +208,8 @@ def make_loader(dataset, cfg: ExperimentConfig, tasks, start: int, rank: int = 0
                 world: int = 1) -> DataLoader:
     """Batches of steps ``start`` .. ``max_steps`` - 1, rendered by ``data.workers`` processes."""
     t = cfg.train
-    sampler = StepBatches(len(dataset), t.batch_size, t.seed, start, t.max_steps, rank, world)
+    sampler = StepBatches(len(dataset), t.batch_size, t.seed, start, t.max_steps, rank, world,
+                          keyed=getattr(dataset, "augments", False))
     w = cfg.data.workers
     # an explicit generator: creating the loader must not draw from the global RNG, which the
     # entropy model's rate noise uses (a resumed run would drift from an uninterrupted one)
@@ -230,7 +232,7 @@ class Trainer:
         if cfg.train.batch_size % self.world:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch: it must be "
                               f"divisible by the {self.world} processes")
-        self.tasks = list(resolve_tasks(cfg.tasks, cfg.data.name))
+        self.tasks = list(resolve_tasks(cfg.tasks, cfg.data.label_space))
         # data first: a missing dataset fails before minutes of model building
         self.train_set = make_dataset(cfg.data, "train", self.tasks)
         self.val_set = make_dataset(cfg.data, "val", self.tasks)
@@ -305,7 +307,9 @@ class Trainer:
         t = self.cfg.train
         idx = StepBatches(len(self.train_set), t.batch_size, t.seed, step, step + 1, self.rank,
                           self.world).indices(step)
-        batch = _collate(("image", *self.tasks))([self.train_set[i] for i in idx])
+        keyed = getattr(self.train_set, "augments", False)
+        batch = _collate(("image", *self.tasks))([self.train_set[(i, step) if keyed else i]
+                                                  for i in idx])
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def train_step(self, step: int, batch: dict | None = None) -> dict:
