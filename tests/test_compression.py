@@ -184,7 +184,7 @@ def test_encode_decode_cli(tmp_path, capsys):
         progress=False)
     img = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "in.png")
-    cli = [sys.executable, "-m", "icm_core.cli.main.main"]
+    cli = [sys.executable, "-m", "icm_core.cli"]
     r = subprocess.run([*cli, "encode", str(tmp_path / "in.png"), "--checkpoint", str(tmp_path / "run"),
                         "-o", str(tmp_path / "x.icm")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

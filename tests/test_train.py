@@ -48,7 +48,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
               "hydra.run.dir=" + str(tmp_path / "hydra"), "tasks=[semseg,depth]"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    icm = [sys.executable, "-m", "icm_core.cli.main.main", "train", *common]
+    icm = [sys.executable, "-m", "icm_core.cli", "train", *common]
     subprocess.run([*icm, f"out_dir={ref}"], check=True, env=env, capture_output=True, timeout=300)
     proc = subprocess.Popen([*icm, f"out_dir={cut}"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -103,12 +103,12 @@ def test_eval_cli_writes_compressai_json(tmp_path, capsys):
     doc = json.loads((tmp_path / "res" / "results-semseg.json").read_text())
     assert set(doc) >= {"name", "description", "results"}
     assert len(doc["results"]["bpp"]) == 1 and len(doc["results"]["mIoU"]) == 1
-    assert doc["results"]["bpp"][0] > 0 and "RANDOM" in doc["description"]
+    assert doc["results"]["bpp"][0] > 0 and "(weights_source=random)" in doc["description"]
     assert (tmp_path / "res" / "results-semseg.csv").read_text().startswith("task,metric,value,bpp")
 
 
 def test_hydra_multirun_sweeps_into_one_folder_per_job(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "icm_core.cli.main.main", "train", "-m", "lmbda=0.1,1", "train.max_steps=2",
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", "-m", "lmbda=0.1,1", "train.max_steps=2",
                         "data.val_length=1", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for job, lm in (("0", 0.1), ("1", 1.0)):
@@ -155,11 +155,11 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
               "tasks=[semseg,depth]", f"hydra.run.dir={tmp_path / 'h'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "icm_core.cli.main.main", "train", *common, f"out_dir={one}"], env=env,
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", *common, f"out_dir={one}"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "icm_core.cli.main.main", "train", *common, f"out_dir={two}"], env=env,
+                        "-m", "icm_core.cli", "train", *common, f"out_dir={two}"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _losses(one), _losses(two)
@@ -196,7 +196,7 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
 
 
 def test_train_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "icm_core.cli.main.main", "train", "adapter.mode=bad",
+    r = subprocess.run([sys.executable, "-m", "icm_core.cli", "train", "adapter.mode=bad",
                         f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("ConfigError: adapter.mode='bad'")
