@@ -60,7 +60,8 @@ def test_icm_info_cli_prints_json(capsys):
     assert main(["info", "adapter=lora_r16_qv", "task=depth"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tasks"] == ["depth"] and info["adapter"]["targets"] == ["q", "v"]
-    assert info["pretrained"] is False and info["weights_source"] == "random"
+    # one word for the weights: the default backbone is the shipped synthetic-pretrained one
+    assert info["weights_source"] == "synthetic" and "pretrained" not in info
 
 
 def test_bad_override_is_a_config_error(capsys):

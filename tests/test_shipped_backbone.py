@@ -41,7 +41,7 @@ def test_loads_offline_into_the_right_architecture():
     w = dict(bb.vit.named_parameters())
     assert any(not torch.equal(p, w[n]) for n, p in random.vit.named_parameters())
     info = model_info(["backbone=tiny_synthetic"])
-    assert info["pretrained"] is True and info["weights_source"] == "synthetic"
+    assert info["weights_source"] == "synthetic" and "pretrained" not in info
     assert "synthetic scenes" in info["weights_notice"] and "not ImageNet" in info["weights_notice"]
     info = model_info(["backbone=tiny_synthetic", "backbone.weights=none"])
     assert info["weights_source"] == "random" and "RANDOM" in info["weights_notice"]

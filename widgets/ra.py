@@ -21,8 +21,8 @@ from icm_core.errors import ICMError
 from icm_core.evaluation.results import Curve, bd_table, curve_from_results, curves_from_points
 from widgets._panel import MessagePanel
 
-_HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
-               "steps", "size")
+_HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression",
+               "weights_source", "steps", "size")
 
 
 def _hover(curve: Curve, i: int) -> str:
