@@ -193,7 +193,13 @@ class Backbone(nn.Module):
         state = checkpoint_filter_fn(state, self.model)
         state = {k: v for k, v in state.items() if k not in self._pruned_keys
                  and not k.startswith(("head.", "fc_norm."))}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # the keys fit, the shapes do not: another architecture
+            raise ConfigError(f"backbone.weights={str(path)!r} does not fit {self.cfg.name!r} "
+                              f"(depth {self.cfg.depth}): {str(e).splitlines()[1].strip()}; give "
+                              "weights of this architecture, or backbone.weights=none for random "
+                              "ones") from e
         missing = [k for k in missing if "rope" not in k]
         if missing or unexpected:
             raise ConfigError(f"backbone.weights={str(path)!r} does not fit {self.cfg.name!r}: "
