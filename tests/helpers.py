@@ -1,9 +1,10 @@
-"""Small configs shared by tests: a 4-block random EVA-02-tiny and tiny heads."""
+"""Small configs shared by tests: a 4-block random EVA-02-tiny (asked for: the default is the
+shipped synthetic-pretrained one) and tiny heads."""
 
 from icm_core.config import load_config
 
-TINY = ["data.size=[64,64]", "data.workers=0", "model.decoder_dims=[32,16,16]", "model.latent_channels=16",
-        "model.hyper_channels=16", "model.prelim_width=16"]
+TINY = ["backbone=tiny_random", "data.size=[64,64]", "data.workers=0", "model.decoder_dims=[32,16,16]",
+        "model.latent_channels=16", "model.hyper_channels=16", "model.prelim_width=16"]
 
 
 def tiny_config(*overrides):

@@ -272,9 +272,8 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     assert main(["compare", str(tmp_path)]) == 0
     assert seen["metric_options"] is None  # the metric's own 99
     # score (baselines, pipelines) and evaluate (the learned codec) build their metric with it
-    import icm_core.tasks.metrics as metrics
-
     import icm_core.evaluation.evaluate as ev
+    import icm_core.tasks.metrics as metrics
 
     made = []
 

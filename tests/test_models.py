@@ -60,7 +60,8 @@ def test_icm_info_cli_prints_json(capsys):
     assert main(["info", "adapter=lora_r16_qv", "task=depth"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tasks"] == ["depth"] and info["adapter"]["targets"] == ["q", "v"]
-    assert info["pretrained"] is False and info["weights_source"] == "random"
+    # one word for the weights: the default backbone is the shipped synthetic-pretrained one
+    assert info["weights_source"] == "synthetic" and "pretrained" not in info
 
 
 def test_bad_override_is_a_config_error(capsys):
@@ -221,13 +222,13 @@ def test_adapter_presets_match_the_paper_study():
 
 
 def test_other_timm_vits_work_with_unfused_targets():
-    cfg = load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4", "adapter.targets=[o,up,down]"])
+    cfg = load_config(["backbone=tiny_random", "backbone.name=vit_tiny_patch16_224", "backbone.depth=4", "adapter.targets=[o,up,down]"])
     m = build_model(cfg)
     classes = TASKS["semseg"].out_channels("synthetic")
     assert m(torch.rand(1, 3, 64, 96)).prediction.shape == (1, classes, 64, 96)
     assert 0 < m.trainable_parameters().trainable_backbone_params
     with pytest.raises(ConfigError, match="fused qkv cannot be adapted"):
-        build_model(load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4"]))
+        build_model(load_config(["backbone=tiny_random", "backbone.name=vit_tiny_patch16_224", "backbone.depth=4"]))
 
 
 def test_task_files_round_trip_one_task(tmp_path):
@@ -289,7 +290,7 @@ def test_decode_equals_forward_for_every_patch_size(patch):
 
 
 def test_a_patch_larger_than_the_position_grid_is_refused():
-    with pytest.raises(ConfigError, match=r"backbone.patch_size=256 is larger than backbone.img_size=224"):
+    with pytest.raises(ConfigError, match=r"backbone.patch_size=256 is larger than backbone.img_size=128"):
         load_config(["backbone.patch_size=256"])
 
 

@@ -14,11 +14,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from icm_core.config.schema import BackboneConfig
+from icm_core.cli.hydra_app import pretrain_app
+from icm_core.config import load_config
+from icm_core.config.compose import EXPERIMENT_STORE, compose_config
+from icm_core.config.schema import BackboneConfig, ExperimentConfig
 from icm_core.data.synthetic import SPLITS, SyntheticScenes
 from icm_core.errors import ConfigError
 from icm_core.models.backbone import SYNTHETIC_WEIGHTS, Backbone
 from icm_core.training.pretrain import (
+    PRETRAIN_STORE,
     MIMModel,
     PretrainConfig,
     PretrainDataConfig,
@@ -315,14 +319,23 @@ def test_bad_values_name_their_field(override, field):
         load_pretrain_config(["pretrain=quick", override])
 
 
+def test_one_hydra_loader_composes_both_trees():
+    """``load_pretrain_config`` and ``load_config`` are the one ``compose_config`` under two
+    primary configs: the same tree, the same errors."""
+    pre = compose_config("pretrain_root", PretrainConfig, ["pretrain=quick", "steps=3"], PRETRAIN_STORE)
+    assert pre == load_pretrain_config(["pretrain=quick", "steps=3"]) and pre.steps == 3
+    exp = compose_config("config", ExperimentConfig, ["task=depth"], EXPERIMENT_STORE)
+    assert exp == load_config(["task=depth"]) and exp.tasks == ["depth"]
+    with pytest.raises(ConfigError, match="overrides"):
+        compose_config("no_such_root", PretrainConfig, [], PRETRAIN_STORE)
+
+
 def test_unknown_override_is_a_config_error():
     with pytest.raises(ConfigError, match="mask_rate"):
         load_pretrain_config(["pretrain=quick", "mask_rate=0.5"])
 
 
 def test_hydra_app_runs_a_preset_and_exits_2_on_bad_input(tmp_path, monkeypatch, capsys):
-    from icm_core.training.pretrain import pretrain_app
-
     run = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["icm pretrain", "pretrain=quick", f"out_dir={run}", "steps=1",
                                       "data.length=2", "data.render_size=[64,64]"])

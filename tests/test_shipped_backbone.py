@@ -8,6 +8,7 @@ import torch
 
 from icm_core.codec import coder
 from icm_core.config import load_config
+from icm_core.errors import ConfigError
 from icm_core.evaluation.cost import model_info
 from icm_core.models.backbone import SYNTHETIC_WEIGHTS, Backbone, weights_source
 from icm_core.models.icm import build_model
@@ -41,10 +42,18 @@ def test_loads_offline_into_the_right_architecture():
     w = dict(bb.vit.named_parameters())
     assert any(not torch.equal(p, w[n]) for n, p in random.vit.named_parameters())
     info = model_info(["backbone=tiny_synthetic"])
-    assert info["pretrained"] is True and info["weights_source"] == "synthetic"
+    assert info["weights_source"] == "synthetic" and "pretrained" not in info
     assert "synthetic scenes" in info["weights_notice"] and "not ImageNet" in info["weights_notice"]
     info = model_info(["backbone=tiny_synthetic", "backbone.weights=none"])
     assert info["weights_source"] == "random" and "RANDOM" in info["weights_notice"]
+
+
+def test_the_shipped_weights_on_another_architecture_are_a_config_error():
+    """The default backbone carries weights=synthetic: naming another ViT without
+    backbone.weights is refused in one line, not a state-dict traceback."""
+    cfg = load_config(["backbone.name=vit_tiny_patch16_224", "backbone.depth=4"]).backbone
+    with pytest.raises(ConfigError, match=r"does not fit 'vit_tiny_patch16_224'.*backbone\.weights=none"):
+        Backbone(cfg)
 
 
 def test_downstream_paths_are_the_same_with_synthetic_weights():

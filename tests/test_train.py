@@ -103,7 +103,7 @@ def test_eval_cli_writes_compressai_json(tmp_path, capsys):
     doc = json.loads((tmp_path / "res" / "results-semseg.json").read_text())
     assert set(doc) >= {"name", "description", "results"}
     assert len(doc["results"]["bpp"]) == 1 and len(doc["results"]["mIoU"]) == 1
-    assert doc["results"]["bpp"][0] > 0 and "RANDOM" in doc["description"]
+    assert doc["results"]["bpp"][0] > 0 and "(weights_source=random)" in doc["description"]
     assert (tmp_path / "res" / "results-semseg.csv").read_text().startswith("task,metric,value,bpp")
 
 

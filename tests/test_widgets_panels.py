@@ -39,7 +39,7 @@ def test_runs_panel_lists_selects_compares_exports_and_deletes_with_confirmation
     assert set(rows) == {*RUNS, "crashed"}  # the link to a run outside is not followed
     cli = rows[CLI_RUN]
     assert (cli["status"], cli["steps"], cli["adapter"], cli["rank"], cli["targets"],
-            cli["lmbda"], cli["weights"]) == ("done", "2/2", "dora", 4, ["q", "v"], 0.5, "random")
+            cli["lmbda"], cli["weights_source"]) == ("done", "2/2", "dora", 4, ["q", "v"], 0.5, "random")
     assert cli["bpp"] > 0 and cli["metric"].startswith("mIoU ")
     assert rows["fixed-2"]["status"] == "stopped" and rows["fixed-2"]["steps"] == "2/4"
     assert "stopped" in panel.table.value and "broken" in panel.table.value  # skipped, with why

@@ -77,9 +77,9 @@ def test_weights_badge_follows_the_backbone():
     panel = SetupPanel.from_overrides([*TINY, "backbone=tiny_synthetic"])
     r = panel.readout()
     assert r["weights_source"] == "synthetic"
-    assert r["weights_badge"] == "synthetic-pretrained"
+    assert r["weights_badge"] == "synthetic"
     assert "synthetic scenes" in r["weights_notice"]
-    assert "synthetic-pretrained</span>" in panel.readout_html.value
+    assert "synthetic</span>" in panel.readout_html.value
 
 
 def test_every_config_field_has_a_widget_of_its_type():

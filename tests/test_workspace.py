@@ -78,7 +78,7 @@ def test_lists_cli_runs_nested_sweeps_and_stopped_runs_with_their_settings(ws):
     assert (cli.status, cli.steps_done, cli.checkpoint_step, cli.max_steps) == ("done", 2, 2, 2)
     assert (s["adapter"], s["rank"], s["targets"], s["lmbda"], s["tasks"]) == \
         ("dora", 4, ["q", "v"], 0.5, ["semseg"])
-    assert (s["compression"], s["weights"], s["steps"], s["size"]) == (True, "random", 2, [64, 64])
+    assert (s["compression"], s["weights_source"], s["steps"], s["size"]) == (True, "random", 2, [64, 64])
     # the final real-bytes result is the last eval line of history.jsonl
     lines = [json.loads(x) for x in (ws / CLI_RUN / "history.jsonl").read_text().splitlines()]
     last = [e for e in lines if e["kind"] == "eval"][-1]

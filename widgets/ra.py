@@ -23,8 +23,8 @@ from icm_core.studies.compare import load_results
 from icm_core.studies.ra_curves import run_points
 from widgets._panel import Panel
 
-_HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression", "weights",
-               "steps", "size")
+_HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compression",
+               "weights_source", "steps", "size")
 
 
 def _hover(curve: Curve, i: int) -> str:

@@ -21,7 +21,7 @@ from icm_core.workspace.runs import RunInfo, delete_run, export_run, list_runs
 from widgets._panel import Panel
 
 COLUMNS = ("name", "status", "steps", "tasks", "adapter", "rank", "targets", "lmbda",
-           "compression", "weights", "bpp", "metric")
+           "compression", "weights_source", "bpp", "metric")
 _STATUS_COLOURS = {"running": "#1f77b4", "done": "#2ca02c", "stopped": "#ff7f0e",
                    "failed": "#d62728", "queued": "#7f7f7f", "empty": "#7f7f7f"}
 
@@ -44,7 +44,7 @@ def run_row(run: RunInfo) -> dict:
     return {"name": run.name, "path": str(run.path), "status": run.status, "steps": steps,
             "tasks": s.get("tasks"), "adapter": s.get("adapter"), "rank": s.get("rank"),
             "targets": s.get("targets"), "lmbda": s.get("lmbda"),
-            "compression": s.get("compression"), "weights": s.get("weights"),
+            "compression": s.get("compression"), "weights_source": s.get("weights_source"),
             "bpp": res.bpp if res else None,
             "metric": f"{res.metric} {res.value:.4g}" if res else None, "note": run.note}
 

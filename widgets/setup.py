@@ -42,7 +42,8 @@ from widgets._panel import Panel
 
 LABEL_W = "140px"  # description column: fits the longest field name (checkpoint_every)
 FIELD_W = "310px"
-BADGE_COLOURS = {"random": "#c62828", "synthetic-pretrained": "#ef6c00", "real": "#2e7d32"}
+BADGE_COLOURS = {"random": "#c62828", "synthetic": "#ef6c00"}  # hub or a file: REAL_COLOUR
+REAL_COLOUR = "#2e7d32"
 
 
 def group_options(group: str) -> list[str]:
@@ -375,7 +376,7 @@ def _adapter_text(a: dict) -> str:
 
 def readout_html(r: dict) -> str:
     badge = r["weights_badge"]
-    colour = BADGE_COLOURS.get(badge, "#555")
+    colour = BADGE_COLOURS.get(badge, REAL_COLOUR)
     notice = (f"<div style='font-size:90%;color:{colour}'>{html.escape(r['weights_notice'])}</div>"
               if r.get("weights_notice") else "")
     h, w = r["image_size"]

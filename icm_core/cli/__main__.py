@@ -1,4 +1,4 @@
-"""``python -m icm_core.cli``: the ``icm`` command."""
+"""``python -m icm_core.cli`` = the ``icm`` command (torchrun's ``-m icm_core.cli`` too)."""
 
 import sys
 

@@ -1,34 +1,33 @@
-"""The ``icm`` command. Bad input ends with a one-line ``ErrorName: message``, no traceback."""
+"""The ``icm`` command: argument parsing, then one library call a command. Bad input ends with
+a one-line ``ErrorName: message``, no traceback."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from icm_core.baselines.classical import codecs_help
-from icm_core.codec import coder
-from icm_core.config.schema import DataConfig
+from icm_core.cli.hydra_app import pretrain_app, train_app
 from icm_core.data.check import check_dataset
-from icm_core.data.registry import dataset_names, get_dataset, make_dataset
+from icm_core.data.registry import dataset_names
 from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import model_info
+from icm_core.inspection.outputs import (
+    decode_file,
+    encode_file,
+    write_data_preview,
+)
+from icm_core.studies.compare import compare
+from icm_core.studies.demo import DEFAULT_STEPS, run_demo
+from icm_core.studies.evaluate_run import evaluate_run
 
 
 def _cmd_data_preview(args) -> int:
-    from icm_core.files import atomic_path
-    from icm_core.viz.images import sample_grid
-
-    entry = get_dataset(args.dataset)
-    cfg = DataConfig(name=entry.name, size=[args.height, args.width], seed=args.seed,
-                     train_length=args.n, val_length=args.n, root=args.root or "", augment=False,
-                     strict=False, workers=0)
-    ds = make_dataset(cfg, "val" if not entry.labelled else args.split, None)
-    n = min(args.n, len(ds))
-    tasks = list(getattr(ds, "tasks_available", ds.tasks))
-    grid = sample_grid([ds[i] for i in range(n)], tasks)
-    with atomic_path(args.out) as tmp:
-        grid.save(tmp, format="PNG")
-    print(f"wrote {args.out} ({n} {entry.name} samples x {len(tasks)} tasks)")
+    n, tasks = write_data_preview(args.out, args.dataset, n=args.n, size=(args.height, args.width),
+                                  split=args.split, seed=args.seed, root=args.root)
+    print(f"wrote {args.out} ({n} {args.dataset} samples x {len(tasks)} tasks)")
     return 0
 
 
@@ -44,8 +43,6 @@ def _cmd_data_check(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    import json
-
     print(json.dumps(model_info(args.overrides), indent=2))
     return 0
 
@@ -62,52 +59,23 @@ def _run_hydra(app, prog: str, overrides) -> int:
 
 
 def _cmd_train(args) -> int:
-    from icm_core.cli.hydra_app import train_app
-
     return _run_hydra(train_app, "icm train", args.overrides)
 
 
 def _cmd_pretrain(args) -> int:
-    from icm_core.training.pretrain import pretrain_app
-
     return _run_hydra(pretrain_app, "icm pretrain", args.overrides)
 
 
 def _cmd_eval(args) -> int:
-    from pathlib import Path
-
-    from icm_core.evaluation.evaluate import EvalResult
-    from icm_core.evaluation.results import write_results
-    from icm_core.models.backbone import weights_available
-    from icm_core.studies.ra_curves import run_points
-    from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
-    from icm_core.training.trainer import default_device
-
-    ckpt = resolve_checkpoint_dir(args.checkpoint)
-    cfg = load_config_file(ckpt)
-    out = Path(args.out or ckpt.parent)
-    # the same cached points the workbench's rate-accuracy panel reads
-    for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device()):
-        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
-                       p.higher_is_better)
-        weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
-                   "pretrained" if weights_available(cfg.backbone) else "RANDOM")
-        name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
-        desc = (f"{cfg.name}: {cfg.backbone.name} ({weights} weights), adapter {cfg.adapter.mode} "
-                f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {cfg.data.name} val images, "
-                "real bitstreams")
-        write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv", name, desc, [r])
-        bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
-        print(f"{p.task}: {p.metric}={p.value:.3f} bpp={bpp} -> {out / f'results-{p.task}.json'}")
+    for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images):
+        r = w.result
+        bpp = "n/a (no compression)" if r.bpp is None else f"{r.bpp:.4f}"
+        print(f"{r.task}: {r.metric}={r.value:.3f} bpp={bpp} -> {w.json_path}")
     return 0
 
 
-def _writable_path(path, kind: str):
-    """``path`` as a Path, refused up front when an existing entry is of the wrong kind."""
-    from pathlib import Path
-
-    from icm_core.errors import ConfigError
-
+def _writable_path(path, kind: str) -> Path:
+    """``-o path`` as a Path, refused up front when an existing entry is of the wrong kind."""
     path = Path(path)
     if kind == "file" and path.is_dir():
         raise ConfigError(f"-o {path}: is a folder; give the name of the .icm file to write")
@@ -116,25 +84,9 @@ def _writable_path(path, kind: str):
     return path
 
 
-def _cannot_write(path, e: OSError):
-    from icm_core.errors import ConfigError
-
-    return ConfigError(f"-o {path}: cannot write there ({e.strerror or e}); give another path")
-
-
 def _cmd_encode(args) -> int:
-    from icm_core.data.images import load_image
-    from icm_core.files import write_bytes
-    from icm_core.training.checkpoint import load_checkpoint
-
     out = _writable_path(args.output, "file")
-    image = load_image(args.image)  # before the checkpoint: a bad image fails at once
-    model, _ = load_checkpoint(args.checkpoint)
-    data = coder.encode(model, image, task=args.task or model.tasks[0])
-    try:
-        write_bytes(out, data)
-    except OSError as e:
-        raise _cannot_write(out, e) from e
+    data = encode_file(args.image, args.checkpoint, out, task=args.task)
     s = data.sections
     print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task} (header {s.header}, "
           f"z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
@@ -142,48 +94,13 @@ def _cmd_encode(args) -> int:
 
 
 def _cmd_decode(args) -> int:
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    from icm_core.errors import BitstreamError
-    from icm_core.files import atomic_path
-    from icm_core.tasks.registry import get_task
-    from icm_core.training.checkpoint import load_checkpoint
-    from icm_core.viz.images import colorize
-
     outdir = _writable_path(args.output, "folder")
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as e:
-        raise BitstreamError(f"{args.file}: cannot read the stream ({e.strerror})") from e
-    model, _ = load_checkpoint(args.checkpoint)
-    out = coder.decode(model, data)
-    spec = get_task(out.task)
-    pred = spec.activate(out.prediction)[0].cpu()
-    stem = Path(args.file).stem
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        if spec.kind == "classes":
-            arr = pred.argmax(0).numpy().astype(np.uint8)
-            with atomic_path(outdir / f"{stem}.{out.task}.png") as tmp:
-                Image.fromarray(arr).save(tmp, format="PNG")
-        else:
-            with atomic_path(outdir / f"{stem}.{out.task}.npy") as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, pred.numpy().astype(np.float32))
-        with atomic_path(outdir / f"{stem}.{out.task}.preview.png") as tmp:
-            Image.fromarray(colorize(out.task, pred)).save(tmp, format="PNG")
-    except OSError as e:
-        raise _cannot_write(outdir, e) from e
-    print(f"decoded {out.task} {tuple(pred.shape)} -> {outdir}")
+    decoded = decode_file(args.file, args.checkpoint, outdir)
+    print(f"decoded {decoded.task} {decoded.shape} -> {outdir}")
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from icm_core.studies.demo import run_demo
-
     report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas, task=args.task,
                       extra_overrides=args.overrides)
     print(f"report: {report}")
@@ -191,9 +108,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from icm_core.errors import ConfigError
-    from icm_core.studies.compare import compare
-
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]
     except ValueError as e:
@@ -206,9 +120,6 @@ def _cmd_compare(args) -> int:
                                      if args.boundary_thresholds else None))
     print(f"wrote {result.out}: <method>-<task>.json, bd_rate.csv, ra-<task>.html, complexity.csv")
     return 0
-
-
-DEMO_STEPS = 200  # = icm_core.studies.demo.DEFAULT_STEPS (light import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a 3-lambda quick model on synthetic scenes, write a report")
     demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps per lambda")
+    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per lambda")
     demo.add_argument("--task", default="semseg", help="semseg, depth, normals, boundary, "
                       "human_parts or saliency (default: semseg)")
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,

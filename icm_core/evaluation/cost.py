@@ -2,7 +2,7 @@
 
 Everything comes from the meta device (shapes, no memory, no weights): the trainable share of
 the backbone and the adapter's safetensors size are ``icm info``'s own numbers
-(``icm_core.evaluation.cost.model_info``), the decoder's FLOPs are counted by
+(``model_info`` below, printed by ``icm info``), the decoder's FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on a meta build of the decoder (it counts matrix
 multiplications and convolutions, 2 FLOPs per multiply-add; interpolations, normalizations
 and activations are not counted). Results are cached by overrides, so the panel can recompute
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,9 +21,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from icm_core.config import load_config
 from icm_core.config.schema import ExperimentConfig
 from icm_core.models.adapters import adapter_state_dict, get_adapter_kind
+from icm_core.models.backbone import weights_notice, weights_source
+from icm_core.models.decoder import TransformerDecoder
+from icm_core.models.icm import HYPERPRIOR_STRIDE, build_model, serialized_size
+from icm_core.tasks.registry import DATASET_TASKS, get_task, resolve_tasks
 
 FLOAT32_BYTES = 4  # every parameter of a built model is float32 (bf16 only under autocast)
-WEIGHT_BADGES = {"random": "random", "synthetic": "synthetic-pretrained"}  # anything else: real
+WEIGHT_SOURCES = ("random", "synthetic", "hub")  # or the path of a checkpoint file
 
 
 def decoder_gflops(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | None = None,
@@ -30,9 +35,6 @@ def decoder_gflops(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | No
     """GFLOPs (1e9) of one task decoder decoding one image of ``size`` (H, W; default
     ``cfg.data.size``): the latent it receives is the padded image over the patch size, as in
     ``ICMModel``; ``task`` (default: the first) fixes the output channels."""
-    from icm_core.models.icm import HYPERPRIOR_STRIDE
-    from icm_core.tasks.registry import get_task, resolve_tasks
-
     m, p = cfg.model, cfg.backbone.patch_size
     h, w = (size if size is not None else cfg.data.size)
     task = task or resolve_tasks(cfg.tasks, cfg.data.label_space)[0]
@@ -47,8 +49,6 @@ def decoder_gflops(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | No
 def _decoder_gflops(latent_channels: int, out_channels: int, dims: tuple, depths: tuple, heads: int,
                     kind: str, latent: tuple[int, int], patch: int) -> float:
     """The count itself (seconds on the meta device: torch decomposes every op in Python)."""
-    from icm_core.models.decoder import TransformerDecoder
-
     with torch.device("meta"):
         dec = TransformerDecoder(latent_channels, out_channels, dims, depths, heads, kind)
         y = torch.empty(1, latent_channels, *latent)
@@ -62,8 +62,9 @@ def _decoder_gflops(latent_channels: int, out_channels: int, dims: tuple, depths
 
 
 def weights_badge(source: str) -> str:
-    """``weights_source`` -> the badge the Setup panel shows: random, synthetic-pretrained, real."""
-    return WEIGHT_BADGES.get(source, "real")
+    """``weights_source`` as the Setup panel's badge, in the same words: ``random``,
+    ``synthetic``, ``hub``, or a checkpoint's file name (its path would not fit)."""
+    return source if source in WEIGHT_SOURCES else Path(source).name
 
 
 def storage(info: dict, k: int) -> dict:
@@ -92,10 +93,6 @@ def compose(overrides: tuple[str, ...]) -> ExperimentConfig:
 
 @functools.lru_cache(maxsize=256)
 def _readout(overrides: tuple[str, ...]) -> dict:
-    from icm_core.evaluation.cost import model_info
-    from icm_core.models.backbone import weights_notice
-    from icm_core.tasks.registry import DATASET_TASKS
-
     cfg = compose(overrides)
     info = model_info(list(overrides))
     k = len(DATASET_TASKS[cfg.data.label_space])
@@ -110,26 +107,18 @@ def setup_readout(overrides) -> dict:
     """Everything the Setup panel shows for ``overrides`` (``ConfigError`` when they are invalid):
     ``model_info``'s fields unchanged, the storage for the dataset's K tasks against K full
     copies (``storage_*``), ``decoder_gflops`` at ``data.size``, and the backbone's
-    ``weights_badge`` (random / synthetic-pretrained / real) with its ``weights_notice``."""
+    ``weights_badge`` (``weights_source`` in short) with its ``weights_notice``."""
     return copy.deepcopy(_readout(tuple(overrides)))
-
-
-__all__ = ["compose", "decoder_gflops", "setup_readout", "storage", "weights_badge"]
 
 
 def model_info(overrides) -> dict:
     """The resolved model described without building it in memory (meta device, no weights)."""
-    from icm_core.config import load_config
-    from icm_core.models.backbone import weights_available, weights_notice, weights_source
-    from icm_core.models.icm import build_model, serialized_size
-
     cfg = load_config(overrides)
     model = build_model(cfg, "meta")
     report = model.trainable_parameters(model.tasks[0])
     return {
         "experiment": cfg.name,
         "backbone": cfg.backbone.name,
-        "pretrained": weights_available(cfg.backbone),
         "weights_source": weights_source(cfg.backbone),
         "weights_notice": weights_notice(cfg.backbone),
         "adapter": {"mode": cfg.adapter.mode, "rank": cfg.adapter.rank, "targets": list(cfg.adapter.targets)},
@@ -143,3 +132,7 @@ def model_info(overrides) -> dict:
         "compression": cfg.model.compression,
         "decoder": cfg.model.decoder,
     }
+
+
+__all__ = ["WEIGHT_SOURCES", "compose", "decoder_gflops", "model_info", "setup_readout", "storage",
+           "weights_badge"]

@@ -95,10 +95,13 @@ class Backbone(nn.Module):
 
     Args:
         cfg: name, weights source, patch size, depth override, feature block indices.
-        load_weights: False builds the architecture only (``pretrained`` stays False, no warning).
+        load_weights: False builds the architecture only (``weights_source`` stays ``random``,
+            no warning).
 
     Attributes:
-        pretrained: ``False`` when the weights are random (say so in every report).
+        weights_source: where the weights came from, in ``weights_source()``'s vocabulary:
+            ``random``, ``synthetic``, ``hub`` or the checkpoint file's path.
+        pretrained: ``weights_source != 'random'`` (say so in every report when False).
         out_indices: the blocks whose outputs are returned.
         embed_dim: channels of each feature map.
         stride: pixels per feature-map position (the patch size).
@@ -135,7 +138,6 @@ class Backbone(nn.Module):
         pc = self.model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1), False)
-        self.pretrained = False
         self.weights_source = "random"
         if load_weights:
             self._load_weights(cfg)
@@ -160,8 +162,7 @@ class Backbone(nn.Module):
             if not SYNTHETIC_WEIGHTS.is_file():
                 raise ConfigError(f"backbone.weights=synthetic: {SYNTHETIC_WEIGHTS} is missing; reinstall "
                                   "the package, or give the backbone.safetensors of 'icm pretrain'")
-            self.load_checkpoint(SYNTHETIC_WEIGHTS)
-            self.weights_source = "synthetic"
+            self.load_checkpoint(SYNTHETIC_WEIGHTS, source="synthetic")
             log.warning(SYNTHETIC_NOTICE.format(name=cfg.name))
             return
         if w in ("hub", "auto"):
@@ -175,12 +176,13 @@ class Backbone(nn.Module):
                                       "go online or give a local file") from e
                 log.warning(RANDOM_WEIGHTS_WARNING.format(name=cfg.name, why=f"hub unavailable: {e}"))
                 return
-        else:
-            path = Path(os.path.expanduser(w))
-        self.load_checkpoint(path)
+            self.load_checkpoint(path, source="hub")
+            return
+        self.load_checkpoint(Path(os.path.expanduser(w)))
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Load a timm/EVA checkpoint (fused or unfused qkv, patch 14 or 16) strictly.
+    def load_checkpoint(self, path: Path, source: str | None = None) -> None:
+        """Load a timm/EVA checkpoint (fused or unfused qkv, patch 14 or 16) strictly;
+        ``weights_source`` becomes ``source`` (default: the file's path).
 
         Tensors of pruned modules (final norms, head, unused blocks) are skipped; any other
         key the checkpoint lacks or adds is an error.
@@ -191,14 +193,24 @@ class Backbone(nn.Module):
         state = checkpoint_filter_fn(state, self.model)
         state = {k: v for k, v in state.items() if k not in self._pruned_keys
                  and not k.startswith(("head.", "fc_norm."))}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # the keys fit, the shapes do not: another architecture
+            raise ConfigError(f"backbone.weights={str(path)!r} does not fit {self.cfg.name!r} "
+                              f"(depth {self.cfg.depth}): {str(e).splitlines()[1].strip()}; give "
+                              "weights of this architecture, or backbone.weights=none for random "
+                              "ones") from e
         missing = [k for k in missing if "rope" not in k]
         if missing or unexpected:
             raise ConfigError(f"backbone.weights={str(path)!r} does not fit {self.cfg.name!r}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.pretrained = True
-        self.weights_source = str(path)
+        self.weights_source = source or str(path)
         log.info("backbone %s: loaded %s", self.cfg.name, path)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the weights were loaded (``weights_source`` is not ``random``)."""
+        return self.weights_source != "random"
 
     @property
     def vit(self) -> nn.Module:
@@ -264,7 +276,6 @@ def weights_source(cfg: BackboneConfig) -> str:
     if cfg.weights in ("synthetic", "hub"):
         return cfg.weights
     return "hub" if cfg.weights == "auto" else str(Path(os.path.expanduser(cfg.weights)))
-
 
 
 def weights_notice(cfg: BackboneConfig) -> str | None:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from icm_core.errors import ConfigError
 from icm_core.evaluation.results import RAPoint
 from icm_core.files import write_text
+from icm_core.models.backbone import weights_source
 from icm_core.training.checkpoint import resolve_checkpoint_dir
 
 CACHE = "ra-points.json"
@@ -26,7 +27,7 @@ def _settings(cfg) -> dict:
     a, m = cfg.adapter, cfg.model
     return {"name": cfg.name, "adapter": a.mode, "rank": a.rank, "targets": list(a.targets),
             "decoder": m.decoder, "inter_sup": m.inter_sup, "compression": m.compression,
-            "backbone": cfg.backbone.name, "weights": cfg.backbone.weights,
+            "backbone": cfg.backbone.name, "weights_source": weights_source(cfg.backbone),
             "steps": cfg.train.max_steps, "size": list(cfg.data.size)}
 
 

@@ -83,7 +83,7 @@ def settings_of(cfg: ExperimentConfig) -> dict:
             "targets": list(a.targets) if low_rank else None, "lmbda": cfg.lmbda,
             "compression": cfg.model.compression, "decoder": cfg.model.decoder,
             "inter_sup": cfg.model.inter_sup, "backbone": cfg.backbone.name,
-            "weights": source, "steps": cfg.train.max_steps, "size": list(cfg.data.size),
+            "weights_source": source, "steps": cfg.train.max_steps, "size": list(cfg.data.size),
             "dataset": cfg.data.name}
 
 

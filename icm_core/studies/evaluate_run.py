@@ -1,0 +1,52 @@
+"""``icm eval``: one run's newest checkpoint scored at real bitstream rates, written as
+CompressAI-style ``results-<task>.json`` and ``.csv``, each described by the run's settings and
+the backbone's ``weights_source``. The points are the cached ones the workbench's
+rate-accuracy panel reads (``run_points``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from icm_core.config.schema import ExperimentConfig
+from icm_core.evaluation.evaluate import EvalResult
+from icm_core.evaluation.results import write_results
+from icm_core.models.backbone import weights_source
+from icm_core.studies.ra_curves import run_points
+from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
+from icm_core.training.trainer import default_device
+
+
+def run_description(cfg: ExperimentConfig, images: int) -> str:
+    """What a results file says about the run that made it (backbone and its weights_source,
+    adapter, lambda, data)."""
+    return (f"{cfg.name}: {cfg.backbone.name} (weights_source={weights_source(cfg.backbone)}), "
+            f"adapter {cfg.adapter.mode} r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {images} "
+            f"{cfg.data.name} val images, real bitstreams")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    result: EvalResult
+    json_path: Path
+    csv_path: Path
+
+
+def evaluate_run(run: str | Path, out: str | Path | None = None, *, max_images: int | None = None,
+                 device: str | None = None) -> list[RunResult]:
+    """Every task of ``run`` (a run folder or one of its ``ckpt-*``) -> ``out`` (default: the run
+    folder) ``results-<task>.json``/``.csv``; -> one ``RunResult`` a task."""
+    ckpt = resolve_checkpoint_dir(run)
+    cfg = load_config_file(ckpt)
+    out = Path(out) if out is not None else ckpt.parent
+    written = []
+    for p in run_points(run, max_images=max_images, device=device or default_device()):
+        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images, p.higher_is_better)
+        name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
+        j, c = out / f"results-{p.task}.json", out / f"results-{p.task}.csv"
+        write_results(j, c, name, run_description(cfg, p.images), [r])
+        written.append(RunResult(r, j, c))
+    return written
+
+
+__all__ = ["RunResult", "evaluate_run", "run_description"]
