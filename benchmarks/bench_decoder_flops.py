@@ -1,32 +1,30 @@
 """FLOPs of the low-complexity decoder vs the full-resolution four-stage decoder ("Full Dec").
 
-Counted with torch.utils.flop_counter.FlopCounterMode on the meta device (shapes only, no
-memory), at NYUD-v2's 448x576, with the paper preset's decoder widths. FlopCounterMode counts
-matrix multiplications and convolutions (2 FLOPs per multiply-add); interpolations,
-normalizations and activations are not counted, for either decoder.
+Counted by ``icm_core.evaluation.cost.decoder_cost`` (the workbench's one FLOP counter,
+torch.utils.flop_counter.FlopCounterMode, on a meta build: shapes only, no memory), at
+NYUD-v2's 448x576 (padded and patched as the model does), with the paper preset's decoder
+widths, for semantic segmentation (40 classes). FlopCounterMode counts matrix multiplications
+and convolutions (2 FLOPs per multiply-add); interpolations, normalizations and activations
+are not counted, for either decoder.
 """
 
 from __future__ import annotations
 
 import json
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from icm_core.config import load_config
-from icm_core.models.decoder import TransformerDecoder
+from icm_core.evaluation.cost import decoder_cost
+
+SIZE = (448, 576)
+TASK = "semseg"
 
 
-def decoder_flops(experiment: str, size=(448, 576), out_channels: int = 40) -> dict:
-    m = load_config([f"experiment={experiment}"]).model
-    with torch.device("meta"):
-        dec = TransformerDecoder(m.latent_channels, out_channels, m.decoder_dims, m.decoder_depths,
-                                 m.decoder_heads, m.decoder)
-        y = torch.empty(1, m.latent_channels, size[0] // 16, size[1] // 16)
-        with FlopCounterMode(display=False) as counter:
-            dec(y, size)
+def decoder_flops(experiment: str, size=SIZE, task: str = TASK) -> dict:
+    cfg = load_config([f"experiment={experiment}"])
+    m = cfg.model
+    cost = decoder_cost(cfg, size, task)
     return {"decoder": m.decoder, "dims": list(m.decoder_dims), "depths": list(m.decoder_depths),
-            "params": sum(p.numel() for p in dec.parameters()), "gflops": counter.get_total_flops() / 1e9}
+            "params": cost["params"], "gflops": cost["gflops"]}
 
 
 def main() -> dict:

@@ -43,15 +43,13 @@ from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py
 from PIL import Image
 
 from icm_core.baselines.classical import available_codecs, code_at_scale, get_codec
-from icm_core.data.synthetic import SyntheticScenes
+from icm_core.data.held_out import HeldOut
 from icm_core.evaluation.bdrate import bd_rate, pareto_front
 from icm_core.evaluation.evaluate import evaluate
+from icm_core.evaluation.score import score  # the baseline's metric on decoded images
 from icm_core.files import write_text
-from icm_core.studies.compare import (
-    score,  # the baseline's metric on decoded images, as icm compare
-)
 from icm_core.tasks.registry import get_task
-from icm_core.viz.images import image_to_uint8, ra_figure
+from icm_core.viz.figures import ra_figure
 
 RESULTS = Path(__file__).parent / "results"
 # a few qualities per codec, lowest first, spread over each ladder (--ladder full: all of them)
@@ -116,9 +114,8 @@ def main(argv=None) -> dict:
             log(f"codec {c} is not available here: skipped")
 
     # held-out scenes at the evaluation size; classical coding is shared by every task
-    test = SyntheticScenes("test", size=(args.size, args.size), tasks=tasks, length=args.images)
-    samples = [test[i] for i in range(args.images)]
-    pils = [Image.fromarray(image_to_uint8(s["image"])) for s in samples]
+    test = HeldOut(args.images, args.size, tasks)  # the scenes icm compare scores on
+    samples, pils = test.samples, test.images
     pixels = args.size * args.size * args.images
     coded: dict[tuple[str, int, float], tuple[float, list[Image.Image]]] = {}
     for codec in codecs:

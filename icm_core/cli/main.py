@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from icm_core.codec import coder
 from icm_core.errors import ICMError
@@ -61,7 +62,6 @@ def _cmd_pretrain(args) -> int:
 def _cmd_eval(args) -> int:
     from pathlib import Path
 
-    from icm_core.evaluation.evaluate import EvalResult
     from icm_core.evaluation.results import write_results
     from icm_core.models.backbone import weights_available
     from icm_core.studies.ra_curves import run_points
@@ -73,17 +73,16 @@ def _cmd_eval(args) -> int:
     out = Path(args.out or ckpt.parent)
     # the same cached points the workbench's rate-accuracy panel reads
     for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device()):
-        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
-                       p.higher_is_better)
         weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
                    "pretrained" if weights_available(cfg.backbone) else "RANDOM")
         name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
         desc = (f"{cfg.name}: {cfg.backbone.name} ({weights} weights), adapter {cfg.adapter.mode} "
                 f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {cfg.data.name} val images, "
                 "real bitstreams")
-        write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv", name, desc, [r])
-        bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
-        print(f"{p.task}: {p.metric}={p.value:.3f} bpp={bpp} -> {out / f'results-{p.task}.json'}")
+        write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv",
+                      replace(p, name=name, description=desc))
+        bpp = "n/a (no compression)" if p.bpp[0] is None else f"{p.bpp[0]:.4f}"
+        print(f"{p.task}: {p.metric}={p.values[0]:.3f} bpp={bpp} -> {out / f'results-{p.task}.json'}")
     return 0
 
 

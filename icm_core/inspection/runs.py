@@ -6,6 +6,13 @@ import threading
 from pathlib import Path
 
 from icm_core.errors import ConfigError
+from icm_core.evaluation.results import run_settings, sweep_key
+from icm_core.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    load_config_file,
+    resolve_checkpoint_dir,
+)
 
 _RUNS: dict[tuple, object] = {}
 _RUNS_LOCK = threading.Lock()
@@ -13,8 +20,6 @@ _RUNS_LOCK = threading.Lock()
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """The newest checkpoint of a run folder as a model, loaded once per checkpoint."""
-    from icm_core.training.checkpoint import load_checkpoint, resolve_checkpoint_dir
-
     ckpt = resolve_checkpoint_dir(run_dir)
     stamp = max(p.stat().st_mtime_ns for p in ckpt.iterdir())
     key = (str(ckpt.resolve()), stamp, device)
@@ -27,15 +32,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
     """(lambda, folder) of ``run_dir`` and its siblings that differ from it only in lambda
     (a Hydra ``-m lmbda=...`` sweep), by lambda."""
-    from icm_core.studies.ra_curves import _settings
-    from icm_core.training.checkpoint import (
-        has_checkpoint,
-        load_config_file,
-        resolve_checkpoint_dir,
-    )
-
     run = Path(run_dir)
-    mine = load_config_file(resolve_checkpoint_dir(run))
+    key = sweep_key(run_settings(load_config_file(resolve_checkpoint_dir(run))))
     found = []
     for d in sorted(p for p in run.resolve().parent.iterdir() if p.is_dir()):
         if not has_checkpoint(d):
@@ -44,7 +42,7 @@ def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
             cfg = load_config_file(resolve_checkpoint_dir(d))
         except ConfigError:
             continue  # an unrelated or broken folder beside the sweep
-        if _settings(cfg) == _settings(mine) and list(cfg.tasks) == list(mine.tasks):
+        if sweep_key(run_settings(cfg)) == key:
             found.append((cfg.lmbda, d))
     return sorted(found, key=lambda t: t[0])
 
