@@ -1,22 +1,19 @@
 """FLOPs of the low-complexity decoder vs the full-resolution four-stage decoder ("Full Dec").
 
-Counted by the library's own ``icm_core.evaluation.cost.decoder_gflops`` (what the Setup panel
-shows): ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (shapes only, no
-memory), at NYUD-v2's 448x576, semseg (40 classes), with the paper preset's decoder widths.
-FlopCounterMode counts matrix multiplications and convolutions (2 FLOPs per multiply-add);
-interpolations, normalizations and activations are not counted, for either decoder.
+Counted by ``icm_core.evaluation.cost.decoder_cost`` (the workbench's one FLOP counter,
+torch.utils.flop_counter.FlopCounterMode, on a meta build: shapes only, no memory), at
+NYUD-v2's 448x576 (padded and patched as the model does), with the paper preset's decoder
+widths, for semantic segmentation (40 classes). FlopCounterMode counts matrix multiplications
+and convolutions (2 FLOPs per multiply-add); interpolations, normalizations and activations
+are not counted, for either decoder.
 """
 
 from __future__ import annotations
 
 import json
 
-import torch
-
 from icm_core.config import load_config
-from icm_core.evaluation.cost import decoder_gflops
-from icm_core.models.decoder import TransformerDecoder
-from icm_core.tasks.registry import get_task
+from icm_core.evaluation.cost import decoder_cost
 
 SIZE = (448, 576)
 TASK = "semseg"
@@ -25,12 +22,9 @@ TASK = "semseg"
 def decoder_flops(experiment: str, size=SIZE, task: str = TASK) -> dict:
     cfg = load_config([f"experiment={experiment}"])
     m = cfg.model
-    with torch.device("meta"):  # the parameter count only: no weights in memory
-        dec = TransformerDecoder(m.latent_channels, get_task(task).out_channels(cfg.data.name),
-                                 m.decoder_dims, m.decoder_depths, m.decoder_heads, m.decoder)
+    cost = decoder_cost(cfg, size, task)
     return {"decoder": m.decoder, "dims": list(m.decoder_dims), "depths": list(m.decoder_depths),
-            "params": sum(p.numel() for p in dec.parameters()),
-            "gflops": decoder_gflops(cfg, size, task)}
+            "params": cost["params"], "gflops": cost["gflops"]}
 
 
 def main() -> dict:

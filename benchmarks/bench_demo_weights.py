@@ -19,7 +19,7 @@ import torch
 
 from icm_core.files import write_text
 from icm_core.studies.demo import DEFAULT_STEPS, default_lambdas, run_demo
-from icm_core.viz.images import ra_figure
+from icm_core.viz.figures import ra_figure
 
 RESULTS = Path(__file__).parent / "results" / "demo_weights"
 WEIGHTS = {"random": "backbone=tiny_random", "synthetic": "backbone=tiny_synthetic"}

@@ -42,10 +42,11 @@ from icm_core.baselines.preprocessor import (
     apply_preprocessor,
     train_preprocessor,
 )
+from icm_core.data.held_out import HeldOut
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.evaluation.bdrate import bd_rate
+from icm_core.evaluation.score import code_images, score
 from icm_core.files import write_text
-from icm_core.studies.compare import HeldOut, code_images, score
 from icm_core.training.checkpoint import load_checkpoint
 
 RESULTS = Path(__file__).parent / "results"

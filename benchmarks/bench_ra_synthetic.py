@@ -42,17 +42,14 @@ import torch
 from _runs import QUICK_SETTINGS, timed_log, train_cached  # benchmarks/_runs.py (run as scripts)
 from PIL import Image
 
-from icm_core.baselines.classical import available_codecs, code_at_scale, get_codec
-from icm_core.data.synthetic import SyntheticScenes
-from icm_core.evaluation.bdrate import bd_rate, pareto_front
+from icm_core.baselines.classical import SMALL_LADDERS, available_codecs, code_at_scale, get_codec
+from icm_core.data.held_out import HeldOut
 from icm_core.evaluation.evaluate import evaluate
+from icm_core.evaluation.results import Curve, bd_rows, envelope
+from icm_core.evaluation.score import score  # the baseline's metric on decoded images
 from icm_core.files import write_text
-from icm_core.studies.compare import (
-    SMALL_LADDERS,  # a few qualities per codec, as icm compare --ladder small
-    score,  # the baseline's metric on decoded images, as icm compare
-)
 from icm_core.tasks.registry import get_task
-from icm_core.viz.images import image_to_uint8, ra_figure
+from icm_core.viz.figures import ra_figure
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -114,9 +111,8 @@ def main(argv=None) -> dict:
             log(f"codec {c} is not available here: skipped")
 
     # held-out scenes at the evaluation size; classical coding is shared by every task
-    test = SyntheticScenes("test", size=(args.size, args.size), tasks=tasks, length=args.images)
-    samples = [test[i] for i in range(args.images)]
-    pils = [Image.fromarray(image_to_uint8(s["image"])) for s in samples]
+    test = HeldOut(args.images, args.size, tasks)  # the scenes icm compare scores on
+    samples, pils = test.samples, test.images
     pixels = args.size * args.size * args.images
     coded: dict[tuple[str, int, float], tuple[float, list[Image.Image]]] = {}
     for codec in codecs:
@@ -170,22 +166,24 @@ def main(argv=None) -> dict:
         task_rows = [r for r in rows if r["task"] == task and r["bpp"] is not None]
         learned = [r for r in task_rows if r["system"] == "learned"]
         classical = [r for r in task_rows if r["system"] != "learned"]
-        curve = ([r["bpp"] for r in learned], [r["value"] for r in learned])
-        envelope = pareto_front([r["bpp"] for r in classical], [r["value"] for r in classical], hib)
-        bd = {"best classical (envelope)": bd_rate(envelope, curve, hib)}
-        for system in sorted({r["system"] for r in classical}):
-            pts = [r for r in classical if r["system"] == system]
-            bd[system] = bd_rate(([r["bpp"] for r in pts], [r["value"] for r in pts]), curve, hib)
+        mine = Curve("learned", task, spec.metric, hib, [r["bpp"] for r in learned],
+                     [r["value"] for r in learned], "learned")
+        systems = [Curve(system, task, spec.metric, hib,
+                         [r["bpp"] for r in classical if r["system"] == system],
+                         [r["value"] for r in classical if r["system"] == system], "classical")
+                   for system in sorted({r["system"] for r in classical})]
+        env = envelope(systems, name="best classical (envelope)")
+        bd = {row["anchor"]: {"value": row["bd_rate_percent"], "reason": row["reason"] or None}
+              for row in bd_rows([mine], [env, *systems] if env is not None else systems)}
         summary[task] = {"metric": spec.metric, "higher_is_better": hib, "uncompressed": ref,
                          "lambdas": lambdas, "metric_options": options,
-                         "discrimination": disc,
-                         "bd_rate": {k: {"value": v.value, "reason": v.reason} for k, v in bd.items()}}
+                         "discrimination": disc, "bd_rate": bd}
 
-        curves = {"learned (quick, real bytes)": curve,
-                  "best classical (envelope)": envelope}
-        for system in sorted({r["system"] for r in classical}):
-            pts = [r for r in classical if r["system"] == system]
-            curves[f"{system} + baseline"] = ([r["bpp"] for r in pts], [r["value"] for r in pts])
+        curves = {"learned (quick, real bytes)": (mine.bpp, mine.values)}
+        if env is not None:
+            curves[env.name] = (env.bpp, env.values)
+        for c in systems:
+            curves[f"{c.name} + baseline"] = (c.bpp, c.values)
         fig = ra_figure(curves, spec.metric, f"{task}: held-out synthetic scenes at "
                         f"{args.size}x{args.size}, {args.images} images")
         fig.add_hline(y=ref, line_dash="dot", annotation_text="uncompressed")
@@ -203,7 +201,8 @@ def main(argv=None) -> dict:
                   f"{100 * disc['relative_loss']:.1f} % relative loss "
                   f"({'meets' if disc['meets_10pct'] else 'does NOT meet'} the 10 % bar)")
         for k, v in bd.items():
-            print(f"BD-rate of the learned codec vs {k}: {v}")
+            text = f"{v['value']:+.2f} %" if v["value"] is not None else f"n/a ({v['reason']})"
+            print(f"BD-rate of the learned codec vs {k}: {text}")
 
     doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "lambdas": ladders, "summary": summary, "rows": rows,

@@ -10,25 +10,29 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import icm_core.evaluation.evaluate as ev
+import icm_core.evaluation.score as sc
+import icm_core.studies.compare as cmp
 from icm_core.baselines.classical import available_codecs
 from icm_core.baselines.preprocessor import PreprocessorConfig, load_preprocessor
 from icm_core.cli.main import main
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.errors import ConfigError
+from icm_core.evaluation.cost import model_flops
+from icm_core.evaluation.evaluate import EvalResult
+from icm_core.evaluation.results import Curve, bd_rows, envelope, eval_curve, load_results
 from icm_core.models.icm import build_model
 from icm_core.studies.compare import (
+    ANCHOR_KINDS,
     ENVELOPE,
     PREPROC_ENVELOPE,
     SMALL_LADDERS,
-    Curve,
-    bd_rows_of,
     compare,
-    envelope,
-    load_results,
-    model_flops,
 )
 from icm_core.tasks.metrics import make_metric
+from icm_core.training.checkpoint import load_checkpoint
 from icm_core.training.trainer import Trainer
+from icm_core.viz.figures import MAX_SHOWN, comparison_figure
 from tests.helpers import tiny_config
 
 N, SIZE = 4, 64
@@ -140,6 +144,11 @@ def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
     assert pp_env.kind == "envelope" and pp_env.bpp
 
 
+def bd_rows_of(curves):
+    """The rows ``compare`` writes for one task: every curve against every anchor kind."""
+    return bd_rows(curves, [c for c in curves if c.kind in ANCHOR_KINDS])
+
+
 def test_bd_rows_on_constructed_curves():
     bpp, rmse = [0.1, 0.2, 0.4, 0.8], [0.9, 0.7, 0.6, 0.55]
     a = Curve("jpeg", "depth", "RMSE", False, bpp, rmse, "classical")
@@ -192,8 +201,6 @@ def test_complexity_table_is_measured(setup):
 
 def test_model_flops_split_adds_up(setup):
     root, _, _ = setup
-    from icm_core.training.checkpoint import load_checkpoint
-
     base, _ = load_checkpoint(root / "base")
     f = model_flops(base, "depth", SIZE)
     with FlopCounterMode(display=False) as counter:
@@ -239,11 +246,8 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
 
 
 def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
-    from icm_core.evaluation.evaluate import EvalResult
-    from icm_core.evaluation.results import compressai_json
-
     rs = [EvalResult("depth", "RMSE", v, b, b, 8, False) for v, b in ((0.6, 0.2), (0.7, 0.1))]
-    (tmp_path / "eval.json").write_text(json.dumps(compressai_json("run", "an icm eval file", rs)))
+    (tmp_path / "eval.json").write_text(json.dumps(eval_curve("run", "an icm eval file", rs).to_json()))
     c = load_results(tmp_path / "eval.json")
     assert (c.name, c.task, c.metric, c.higher_is_better) == ("run", "depth", "RMSE", False)
     assert c.bpp == [0.1, 0.2] and c.values == [0.7, 0.6] and c.uncompressed is None
@@ -262,8 +266,6 @@ def test_load_results_reads_icm_eval_files_and_refuses_others(tmp_path):
 def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     """``--boundary-thresholds`` becomes one metric option for boundary, used by the learned
     codec (``evaluate``), the baselines and every pipeline (``score``) alike."""
-    import icm_core.studies.compare as cmp
-
     seen = {}
     monkeypatch.setattr(cmp, "compare", lambda *a, **k: seen.update(k) or
                         cmp.Comparison({}, [], [], [], tmp_path))
@@ -272,35 +274,30 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     assert main(["compare", str(tmp_path)]) == 0
     assert seen["metric_options"] is None  # the metric's own 99
     # score (baselines, pipelines) and evaluate (the learned codec) build their metric with it
-    import icm_core.evaluation.evaluate as ev
-    import icm_core.tasks.metrics as metrics
-
     made = []
 
     def spy(task, **kw):
         made.append(kw.get("n_thresholds"))
         return make_metric(task, **kw)
 
-    monkeypatch.setattr(metrics, "make_metric", spy)
+    monkeypatch.setattr(sc, "make_metric", spy)
     monkeypatch.setattr(ev, "make_metric", spy)
     model = build_model(tiny_config("tasks=[boundary]")).eval()
     ds = SyntheticScenes("test", size=(48, 48), tasks=["boundary"], length=2)
-    cmp.score(model, "boundary", [ds[i]["image"] for i in range(2)],
+    sc.score(model, "boundary", [ds[i]["image"] for i in range(2)],
               [ds[i]["boundary"] for i in range(2)], {"n_thresholds": 19})
     ev.evaluate(model, ds, "boundary", metric_options={"n_thresholds": 19})
     assert made and set(made) == {19}, made
 
 
 def test_crowded_figures_show_the_learned_codec_and_the_envelopes():
-    from icm_core.studies.compare import MAX_SHOWN, figure
-
     def curve(name, kind):
         return Curve(name, "depth", "RMSE", False, [0.1, 0.2], [1.0, 0.9], kind)
 
     few = [curve("learned", "learned"), curve("jpeg", "classical"), curve(ENVELOPE, "envelope")]
-    assert all(t.visible in (None, True) for t in figure(few).data)
+    assert all(t.visible in (None, True) for t in comparison_figure(few).data)
     many = [curve("learned", "learned"), curve(ENVELOPE, "envelope"),
             curve(PREPROC_ENVELOPE, "envelope")]
     many += [curve(f"jpeg@{i}", "classical") for i in range(MAX_SHOWN)]
-    shown = {t.name for t in figure(many).data if t.visible in (None, True)}
+    shown = {t.name for t in comparison_figure(many).data if t.visible in (None, True)}
     assert shown == {"learned", ENVELOPE, PREPROC_ENVELOPE}

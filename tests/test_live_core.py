@@ -233,17 +233,17 @@ def test_ra_curves_from_run_folders_are_cached(tmp_path):
         Trainer(tiny_config("train.max_steps=2", f"lmbda={lm}", "data.val_length=2",
                             f"out_dir={run}")).fit(progress=False)
         runs.append(run)
-    curves = ra_curves(runs)
-    pts = curves["semseg"]
-    assert len(pts) == 2 and {p.lmbda for p in pts} == {0.1, 2.0}
-    assert all(p.bpp > 0 and p.images == 2 and p.settings["adapter"] == "dora" for p in pts)
+    (curve,) = ra_curves(runs)["semseg"]  # two runs that differ only in lambda: one curve
+    assert sorted(curve.lmbdas) == [0.1, 2.0] and curve.runs and curve.name.startswith("dora")
+    assert all(b > 0 for b in curve.bpp) and curve.bpp == sorted(curve.bpp)
+    assert curve.images == 2 and curve.settings["adapter"] == "dora" and curve.kind == "learned"
     cache = json.loads((runs[0] / "ra-points.json").read_text())
     assert len(cache) == 1
     # cached: a second call gives the same points without evaluating
     (runs[0] / "ra-points.json").write_text(json.dumps(
         {k: {**v, "value": -1.0} for k, v in cache.items()}))
-    again = {p.lmbda: p.value for p in ra_curves(runs)["semseg"]}
-    assert again[0.1] == -1.0
+    (again,) = ra_curves(runs)["semseg"]
+    assert dict(zip(again.lmbdas, again.values))[0.1] == -1.0
     with pytest.raises(ConfigError, match="not a run folder"):
         ra_curves([tmp_path / "missing"])
 

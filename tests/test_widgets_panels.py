@@ -90,7 +90,8 @@ def test_ra_panel_plots_run_points_and_bd_rates_of_runs_and_results_files(ws, tm
     expected = {}
     for r in RUNS:
         (p,) = run_points(ws / r)
-        expected.setdefault(p.settings["adapter"], []).append((p.bpp, p.value, p.lmbda))
+        expected.setdefault(p.settings["adapter"], []).append((p.bpp[0], p.values[0],
+                                                               p.lmbdas[0]))
     traces = {t.name: t for t in panel.figures["semseg"].data}
     assert set(traces) == {"dora r4 qv", "fixed"}
     for label, adapter in (("dora r4 qv", "dora"), ("fixed", "fixed")):
@@ -105,9 +106,10 @@ def test_ra_panel_plots_run_points_and_bd_rates_of_runs_and_results_files(ws, tm
     (row,) = panel.bd_rows
     want = bd_rate(([b for b, _, _ in expected["fixed"]], [v for _, v, _ in expected["fixed"]]),
                    ([b for b, _, _ in expected["dora"]], [v for _, v, _ in expected["dora"]]), True)
-    assert (row["task"], row["curve"], row["anchor"], row["bd_rate"]) == \
+    assert (row["task"], row["method"], row["anchor"], row["bd_rate_percent"]) == \
         ("semseg", "dora r4 qv", "fixed", want.value)
-    assert (want.reason or "") in row["note"]
+    assert row["reason"] == (want.reason or "")
+    assert (row["metric_lo"], row["metric_hi"]) == (want.metric_range or (None, None))
 
     # results files (CompressAI layout), lower-is-better metric, via the path box and Add
     a = _results_file(tmp_path / "results-a.json", "codec-a", [0.1, 0.2, 0.4], [1.30, 1.20, 1.10])
@@ -123,7 +125,7 @@ def test_ra_panel_plots_run_points_and_bd_rates_of_runs_and_results_files(ws, tm
     (row,) = panel.bd_rows
     want = bd_rate(([0.1, 0.2, 0.4], [1.30, 1.20, 1.10]), ([0.08, 0.15, 0.3], [1.28, 1.19, 1.12]),
                    higher_is_better=False)
-    assert row["curve"] == "codec-b" and row["bd_rate"] == pytest.approx(want.value)
+    assert row["method"] == "codec-b" and row["bd_rate_percent"] == pytest.approx(want.value)
     assert want.value < 0  # fewer bits for the same RMSE: the direction was handled
     assert f"{want.value:+.2f} %" in panel.table.value
 
@@ -169,7 +171,7 @@ def test_fig5_rows_match_the_runs_and_are_saved_as_html_and_csv(ws, tmp_path):
     for row in rows:
         (p,) = run_points(row["run"])
         assert (row["value"], row["bpp"], row["lmbda"], row["task"]) == \
-            (p.value, p.bpp, p.lmbda, p.task)
+            (p.values[0], p.bpp[0], p.lmbdas[0], p.task)
         mode = p.settings["adapter"]
         extra = ["adapter.rank=4", "adapter.targets=[q,v]"] if mode == "dora" else \
             [f"adapter.mode={mode}"]
@@ -222,7 +224,7 @@ def test_ablation_panel_costs_runs_and_charts_a_grid(tmp_path):
     assert [j.status for j in panel.jobs] == ["done", "done"]
     assert {(r["name"], r["status"]) for r in runs.rows()} == {
         ("g-dora-r2-qv-lmbda1", "done"), ("g-fixed-lmbda1", "done")}  # refreshed by the queue
-    assert sorted(c.label for c in ra.curves) == ["dora r2 qv", "fixed"] and not ra.errors
+    assert sorted(c.name for c in ra.curves) == ["dora r2 qv", "fixed"] and not ra.errors
     assert {(r["label"], r["run"]) for r in panel.rows} == {
         ("dora r2 qv", str(tmp_path / "g-dora-r2-qv-lmbda1")),
         ("fixed", str(tmp_path / "g-fixed-lmbda1"))}

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from icm_core.config.schema import ADAPTER_MODES
 from icm_core.errors import ConfigError, ICMError
 from icm_core.studies import ablation as ab
+from icm_core.viz.figures import fig5_figure
 from widgets._panel import Panel
 
 
@@ -137,8 +138,8 @@ class AblationPanel(Panel):
         finished = [d for d in self.run_dirs if d.exists() and _finished(d)]
         failed = [f"{Path(j.run_dir).name}: {j.error}" for j in self.jobs if j.status == "failed"]
         self.rows = ab.fig5_rows(finished)
-        fig = ab.fig5_figure(self.rows, title=f"{self.name.value}: {len(finished)} of "
-                             f"{len(self.run_dirs)} runs finished")
+        fig = fig5_figure(self.rows, title=f"{self.name.value}: {len(finished)} of "
+                          f"{len(self.run_dirs)} runs finished")
         with self.figure.batch_update():
             self.figure.data = []
             self.figure.layout = fig.layout

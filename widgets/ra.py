@@ -1,10 +1,10 @@
 """Rate-accuracy panel: one plot per task for the selected runs and any results file, and the
 BD-rate of every curve against an anchor the user picks.
 
-Points come from ``icm_core.studies.ra_curves.run_points`` (real bytes, cached in each run folder) and
-``icm_core.studies.compare.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``); curves
-and the BD-rate table from ``icm_core.evaluation.results``. With a queue, finished runs that are on
-the plot are re-read when they finish.
+Points come from ``icm_core.studies.ra_curves.run_points`` (real bytes, cached in each run folder)
+and ``icm_core.evaluation.results.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``);
+curves (``group_runs``) and the BD-rate table (``bd_rows``) from ``icm_core.evaluation.results``.
+With a queue, finished runs that are on the plot are re-read when they finish.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from icm_core.errors import ICMError
-from icm_core.evaluation.results import Curve, bd_table, curve_from_results, curves_from_points
-from icm_core.studies.compare import load_results
+from icm_core.evaluation.results import Curve, bd_rows, group_runs, load_results
 from icm_core.studies.ra_curves import run_points
 from widgets._panel import Panel
 
@@ -28,20 +27,26 @@ _HOVER_KEYS = ("adapter", "rank", "targets", "decoder", "inter_sup", "compressio
 
 
 def _hover(curve: Curve, i: int) -> str:
-    lines = [f"<b>{html.escape(curve.label, quote=False)}</b>"]
-    if curve.texts and curve.texts[i]:
-        lines.append(html.escape(curve.texts[i], quote=False))
-    if curve.runs:
-        lines.append(html.escape(str(curve.runs[i]), quote=False))
+    lines = [f"<b>{html.escape(curve.name, quote=False)}</b>"]
+    text, runs = curve.texts[i], curve.runs
+    if text:
+        lines.append(html.escape(text, quote=False))
+    if runs and runs[i]:
+        lines.append(html.escape(str(runs[i]), quote=False))
     lines += [f"{k}: {html.escape(str(curve.settings[k]), quote=False)}" for k in _HOVER_KEYS
               if k in curve.settings]
-    if curve.source != "runs":
+    if curve.source:
         lines.append(html.escape(curve.source, quote=False))
     return "<br>".join(lines)
 
 
 def _bd_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.2f} %"
+
+
+def _bd_note(row: dict, metric: str) -> str:
+    """The reason a row has no number, or the accuracy range its rates were averaged over."""
+    return row["reason"] or f"{metric} range {row['metric_lo']:.4g}-{row['metric_hi']:.4g}"
 
 
 class RAPanel(Panel):
@@ -122,15 +127,15 @@ class RAPanel(Panel):
                 points += run_points(run, max_images=self.max_images)
             except (ICMError, OSError) as e:
                 self.errors.append(f"{run}: {e}")
-        curves = curves_from_points(points)
+        curves = group_runs(points)
         for path in self.results:
             try:
-                curves.append(curve_from_results(load_results(path), str(path)))
+                curves.append(load_results(path))
             except (ICMError, OSError) as e:
                 self.errors.append(f"{path}: {e}")
         self.curves = curves
         self._draw()
-        labels = list(dict.fromkeys(c.label for c in curves))
+        labels = list(dict.fromkeys(c.name for c in curves))
         keep = self.anchor.value if self.anchor.value in labels else (labels[0] if labels else None)
         self.anchor.options = labels
         self.anchor.value = keep
@@ -141,7 +146,7 @@ class RAPanel(Panel):
 
     def _draw(self) -> None:
         tasks = list(dict.fromkeys(c.task for c in self.curves))
-        labels = list(dict.fromkeys(c.label for c in self.curves))
+        labels = list(dict.fromkeys(c.name for c in self.curves))
         colours = {lab: qualitative.Plotly[i % len(qualitative.Plotly)]
                    for i, lab in enumerate(labels)}
         for task in tasks:
@@ -157,20 +162,21 @@ class RAPanel(Panel):
                 for c in mine:
                     idx = [i for i, b in enumerate(c.bpp) if b is not None]
                     if idx:
-                        dashed = c.source != "runs"
+                        dashed = bool(c.source)
+                        texts = c.texts
                         fig.add_scatter(
                             x=[c.bpp[i] for i in idx], y=[c.values[i] for i in idx],
-                            mode="lines+markers" + ("" if dashed else "+text"), name=c.label,
-                            text=[c.texts[i] if c.texts else "" for i in idx],
+                            mode="lines+markers" + ("" if dashed else "+text"), name=c.name,
+                            text=[texts[i] for i in idx],
                             textposition="top center",
-                            line=dict(color=colours[c.label], dash="dash" if dashed else None),
+                            line=dict(color=colours[c.name], dash="dash" if dashed else None),
                             hovertext=[_hover(c, i) for i in idx], hoverinfo="text+x+y")
                     flat = [c.values[i] for i, b in enumerate(c.bpp) if b is None]
                     if c.uncompressed is not None:
                         flat.append(c.uncompressed)
                     for v in flat:  # no rate: an uncompressed reference, drawn as a level
-                        fig.add_hline(y=v, line_dash="dot", line_color=colours[c.label],
-                                      annotation_text=f"{c.label} (uncompressed)")
+                        fig.add_hline(y=v, line_dash="dot", line_color=colours[c.name],
+                                      annotation_text=f"{c.name} (uncompressed)")
                 fig.update_layout(title=f"{task}: {metric} ({better})", template="plotly_white",
                                   xaxis_title="bpp (real bytes)", yaxis_title=metric, height=380,
                                   margin=dict(l=60, r=20, t=50, b=50))
@@ -180,7 +186,9 @@ class RAPanel(Panel):
 
     def _update_table(self) -> None:
         anchor = self.anchor.value
-        self.bd_rows = bd_table(self.curves, anchor) if anchor else []
+        self.bd_rows = bd_rows(self.curves, [c for c in self.curves if c.name == anchor]) \
+            if anchor else []
+        metrics = {(c.task, c.name): c.metric for c in self.curves}
         if not self.bd_rows:
             self.table.value = "<p>BD-rate: pick an anchor with at least one other curve.</p>"
             return
@@ -188,9 +196,10 @@ class RAPanel(Panel):
                        for h in ("task", "curve", f"BD-rate vs {html.escape(anchor)}", "note"))
         body = "".join(
             f"<tr><td style='padding:2px 8px'>{html.escape(r['task'])}</td>"
-            f"<td style='padding:2px 8px'>{html.escape(r['curve'])}</td>"
-            f"<td style='padding:2px 8px'>{_bd_text(r['bd_rate'])}</td>"
-            f"<td style='padding:2px 8px'>{html.escape(r['note'])}</td></tr>"
+            f"<td style='padding:2px 8px'>{html.escape(r['method'])}</td>"
+            f"<td style='padding:2px 8px'>{_bd_text(r['bd_rate_percent'])}</td>"
+            f"<td style='padding:2px 8px'>{html.escape(_bd_note(r, metrics[r['task'], r['method']]))}</td>"
+            "</tr>"
             for r in self.bd_rows)
         self.table.value = (f"<table style='border-collapse:collapse;font-size:12px'>"
                             f"<tr>{head}</tr>{body}</table><small>negative: fewer bits than "

@@ -68,9 +68,9 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_eval(args) -> int:
     for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images):
-        r = w.result
-        bpp = "n/a (no compression)" if r.bpp is None else f"{r.bpp:.4f}"
-        print(f"{r.task}: {r.metric}={r.value:.3f} bpp={bpp} -> {w.json_path}")
+        c = w.curve
+        bpp = "n/a (no compression)" if c.bpp[0] is None else f"{c.bpp[0]:.4f}"
+        print(f"{c.task}: {c.metric}={c.values[0]:.3f} bpp={bpp} -> {w.json_path}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Images in: the one place a file or a Pillow image becomes a float RGB tensor (and back)."""
+"""Images in and out: the one place a file or a Pillow image becomes a float RGB tensor, and
+a tensor becomes 8-bit pixels again."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
 
 from icm_core.errors import DatasetError
 
@@ -21,17 +23,13 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     when in [0, 1]; anything else is refused. Images larger than the stream format allows
     (``MAX_SIDE`` per side) are refused from the header, before decoding.
     """
-    from PIL import Image
-
-    from icm_core.data.images import MAX_SIDE
-
     try:
         with Image.open(path) as im:
             W, H = im.size
             if max(W, H) > MAX_SIDE:
                 raise DatasetError(f"{path}: image is {W}x{H} px; an .icm stream holds at most "
                                    f"{MAX_SIDE} px per side: downscale or tile it")
-            return torch.from_numpy(_to_rgb(im, path)).permute(2, 0, 1).contiguous()
+            return pil_to_tensor(im, str(path))
     except DatasetError:
         raise
     except Image.DecompressionBombError as e:
@@ -64,7 +62,21 @@ def _to_rgb(im, path) -> np.ndarray:
 
 
 
-def pil_to_tensor(image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float in [0, 1]."""
-    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+def pil_to_tensor(image, name: str = "image") -> torch.Tensor:
+    """A PIL image -> (3, H, W) float32 RGB in [0, 1], scaled by its true bit depth as
+    ``load_image`` does (``name`` is what an error calls it)."""
+    return torch.from_numpy(_to_rgb(image, name)).permute(2, 0, 1).contiguous()
+
+
+def image_to_uint8(image) -> np.ndarray:
+    """(3, H, W) float in [0, 1] (tensor or array) -> (H, W, 3) uint8, rounded."""
+    a = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    return (a.transpose(1, 2, 0).clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def tensor_to_pil(image) -> Image.Image:
+    """(3, H, W) float in [0, 1] -> RGB PIL image (``pil_to_tensor``'s inverse up to rounding)."""
+    return Image.fromarray(image_to_uint8(image))
+
+
+__all__ = ["MAX_SIDE", "load_image", "pil_to_tensor", "image_to_uint8", "tensor_to_pil"]

@@ -1,9 +1,16 @@
-"""Rate-accuracy curves as the workbench compares them: runs grouped by configuration, results
-files (CompressAI layout) beside them, and a BD-rate table against an anchor curve.
+"""Rate-accuracy results: ONE curve type, its CompressAI JSON in and out, and the BD-rate table.
+
+A ``Curve`` is one method's points on one task: a run folder's evaluation (one point), runs that
+differ only in lambda (``group_runs``), ``icm eval``'s and ``icm compare``'s results files, a
+classical pipeline, a Pareto envelope (``envelope``). Files use CompressAI's layout,
+``{"name", "description", "results": {"bpp": [...], <metric>: [...]}}``, plus what a reader
+needs (task, metric, direction, kind, the uncompressed baseline, what each point was);
+``load_results`` reads CompressAI's own files too. ``bd_rows`` is the one BD-rate table: the
+workbench's rate-accuracy panel and ``icm compare``'s ``bd_rate.csv`` are both its rows.
 
 Runs that differ only in lambda are one curve; anything else that differs (adapter, rank,
 decoder, steps, weights...) makes another, labelled by what differs, so two curves on a chart
-are never silently two settings.
+are never silently two settings (``run_settings`` is what tells runs apart).
 """
 
 from __future__ import annotations
@@ -11,34 +18,223 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from icm_core.evaluation.bdrate import bd_rate
+from icm_core.config.schema import ExperimentConfig
+from icm_core.errors import ConfigError, ICMError
+from icm_core.evaluation.bdrate import bd_rate, pareto_front
 from icm_core.evaluation.evaluate import EvalResult
 from icm_core.files import write_text
-from icm_core.models.adapters import ADAPTER_KINDS
+from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
+from icm_core.models.backbone import weights_source
+from icm_core.tasks.registry import get_task
+
+ENVELOPE = "best-classical"
+PREPROC_ENVELOPE = "best-preproc"
+BD_COLUMNS = ("task", "method", "anchor", "bd_rate_percent", "metric_lo", "metric_hi", "reason")
+NO_RATE = "a curve without compression has no rate"
+CSV_COLUMNS = ("task", "metric", "value", "bpp", "bpp_estimated", "images")
 
 
-@dataclass(frozen=True)
+def run_settings(cfg: ExperimentConfig) -> dict:
+    """The settings a researcher tells runs apart by: the Runs table's columns, what groups
+    run points into curves (all but ``name`` and ``lmbda``) and what a lambda sweep shares.
+    Rank, alpha and targets are None for adapters without them (full, fixed, scratch)."""
+    a = cfg.adapter
+    low_rank = get_adapter_kind(a.mode).low_rank
+    try:
+        source = weights_source(cfg.backbone)
+    except ICMError:
+        source = str(cfg.backbone.weights)
+    return {"name": cfg.name, "tasks": list(cfg.tasks), "adapter": a.mode,
+            "rank": a.rank if low_rank else None, "alpha": a.alpha if low_rank else None,
+            "targets": list(a.targets) if low_rank else None, "lmbda": cfg.lmbda,
+            "compression": cfg.model.compression, "decoder": cfg.model.decoder,
+            "inter_sup": cfg.model.inter_sup, "backbone": cfg.backbone.name,
+            "weights_source": source, "steps": cfg.train.max_steps, "size": list(cfg.data.size),
+            "dataset": cfg.data.name}
+
+
+def sweep_key(settings: dict) -> dict:
+    """What runs of one lambda sweep share: their settings less ``lmbda``."""
+    return {k: v for k, v in settings.items() if k != "lmbda"}
+
+
+def _rate_order(bpp: Sequence) -> list[int]:
+    """Indices by rate; a point without a rate (no compression) first, as CompressAI's tools."""
+    return sorted(range(len(bpp)), key=lambda i: -1.0 if bpp[i] is None else bpp[i])
+
+
+def _point_text(point: dict) -> str:
+    parts = []
+    if point.get("lmbda") is not None:
+        parts.append(f"λ={point['lmbda']:g}")
+    for k in ("quality", "scale"):
+        v = point.get(k)
+        if v is not None:
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+@dataclass
 class Curve:
-    label: str
+    """One method's rate-accuracy points on one task (rate: real bits over original pixels).
+
+    ``bpp[i]`` is None for a point without compression. ``points[i]`` says what point ``i``
+    was (a run and its lambda; a codec, its quality and scale). ``kind`` is learned,
+    classical, preproc or envelope; ``source`` the results file a curve was read from (empty
+    when it was computed here); ``settings`` the run settings of a curve of runs;
+    ``bpp_estimated`` the entropy model's estimate per point and ``images`` how many images
+    each point averages, when known.
+    """
+
+    name: str
     task: str
     metric: str
     higher_is_better: bool
-    bpp: tuple  # real bytes, sorted by rate; None for an uncompressed run
-    values: tuple
-    lmbdas: tuple = ()  # per point (runs); empty for a results file
-    runs: tuple = ()  # run folder per point (runs)
+    bpp: list
+    values: list
+    kind: str = ""
+    description: str = ""
+    uncompressed: float | None = None  # the uncompressed baseline model's metric
+    points: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
-    source: str = "runs"  # 'runs' or the results file's path
-    texts: tuple = ()  # the label of each point: its lambda, or a codec's quality and scale
-    uncompressed: float | None = None  # a results file's uncompressed-baseline metric
+    source: str = ""
+    bpp_estimated: list | None = None
+    images: int | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        """Each point's label: its lambda, or a codec's quality and scale."""
+        return [_point_text(p) for p in self.points] if self.points else [""] * len(self.bpp)
+
+    @property
+    def runs(self) -> list:
+        """The run folder of each point ([] when the points are not runs)."""
+        return [p.get("run") for p in self.points] if any("run" in p for p in self.points) else []
+
+    @property
+    def lmbdas(self) -> list:
+        return [p.get("lmbda") for p in self.points]
+
+    def sorted(self) -> Curve:
+        """The same curve, its points by rate (no rate first)."""
+        o = _rate_order(self.bpp)
+
+        def pick(xs):
+            return [xs[i] for i in o] if xs else xs
+        return Curve(self.name, self.task, self.metric, self.higher_is_better, pick(self.bpp),
+                     pick(self.values), self.kind, self.description, self.uncompressed,
+                     pick(self.points), dict(self.settings), self.source,
+                     pick(self.bpp_estimated), self.images)
+
+    def to_json(self) -> dict:
+        """CompressAI's layout (``results: {bpp, <metric>}``), points by rate, plus what a
+        reader needs; ``bpp_estimated`` and ``images`` only when known."""
+        c = self.sorted()
+        results = {"bpp": c.bpp}
+        if c.bpp_estimated is not None:
+            results["bpp_estimated"] = c.bpp_estimated
+        results[c.metric] = c.values
+        doc = {"name": c.name, "description": c.description, "task": c.task,
+               "metric": c.metric, "higher_is_better": c.higher_is_better, "kind": c.kind,
+               "uncompressed": c.uncompressed, "results": results, "points": c.points}
+        if c.images is not None:
+            doc["images"] = c.images
+        if c.settings:
+            doc["settings"] = c.settings
+        return doc
 
 
-def _base_label(s: dict) -> str:
-    mode = s.get("adapter", "?")
+def eval_curve(name: str, description: str, results: Sequence[EvalResult], *,
+               points: Sequence[dict] | None = None, kind: str = "learned") -> Curve:
+    """``evaluate``'s results of one task (one per run or lambda) as a curve, in their order."""
+    if not results:
+        raise ConfigError(f"results {name!r}: no evaluation to write")
+    r0 = results[0]
+    other = [r for r in results if (r.task, r.metric) != (r0.task, r0.metric)]
+    if other:
+        raise ConfigError(f"results {name!r} mix {r0.task}/{r0.metric} with "
+                          f"{other[0].task}/{other[0].metric}; write one file per task")
+    return Curve(name, r0.task, r0.metric, r0.higher_is_better, [r.bpp for r in results],
+                 [r.value for r in results], kind, description,
+                 points=list(points) if points is not None else [],
+                 bpp_estimated=[r.bpp_estimated for r in results], images=r0.images)
+
+
+def load_results(path: str | Path, metric: str | None = None) -> Curve:
+    """A results JSON (``icm compare``'s, ``icm eval``'s, or CompressAI's) -> ``Curve``,
+    its points by rate, ``source`` the path.
+
+    ``metric`` picks the metric when the file holds several (CompressAI's psnr, ms-ssim...);
+    the task defaults to the file's ``task`` key, the direction to the task's.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{str(path)!r}: cannot read results ({e.strerror or e})") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{str(path)!r} is not JSON ({e}); give a results file written by "
+                          "icm compare or icm eval") from e
+    res = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(res, dict) or not isinstance(res.get("bpp"), list):
+        raise ConfigError(f"{str(path)!r} has no 'results': {{'bpp': [...], <metric>: [...]}} "
+                          "(CompressAI's layout)")
+    metrics = [k for k in res if k not in ("bpp", "bpp_estimated")]
+    metric = metric or doc.get("metric") or (metrics[0] if len(metrics) == 1 else None)
+    if metric not in res:
+        raise ConfigError(f"{str(path)!r}: metric {metric!r} is not in its results; choose one "
+                          f"of {metrics}")
+    bpp, values = res["bpp"], res[metric]
+    if len(bpp) != len(values):
+        raise ConfigError(f"{str(path)!r}: {len(bpp)} rates but {len(values)} {metric} values")
+    task = doc.get("task")
+    hib = doc.get("higher_is_better")
+    if hib is None:
+        hib = get_task(task).higher_is_better if task else True
+    points = doc.get("points") or []
+    est = res.get("bpp_estimated")
+    return Curve(str(doc.get("name", path.stem)), task, metric, bool(hib),
+                 [None if b is None else float(b) for b in bpp], [float(v) for v in values],
+                 doc.get("kind", ""), doc.get("description", ""), doc.get("uncompressed"),
+                 points if len(points) == len(bpp) else [], doc.get("settings") or {}, str(path),
+                 est if isinstance(est, list) and len(est) == len(bpp) else None,
+                 doc.get("images")).sorted()
+
+
+def results_csv(curve: Curve) -> str:
+    """One row per point, in the curve's order: task, metric, value, bpp, bpp_estimated, images."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    est = curve.bpp_estimated or [None] * len(curve.bpp)
+    for b, v, e in zip(curve.bpp, curve.values, est):
+        w.writerow([curve.task, curve.metric, v, b, e, curve.images])
+    return buf.getvalue()
+
+
+def write_results(path_json: str | Path, path_csv: str | Path | None, curve: Curve) -> dict:
+    """The curve's JSON (and its CSV when ``path_csv`` is given), each written atomically."""
+    doc = curve.to_json()
+    write_text(path_json, json.dumps(doc, indent=2))
+    if path_csv is not None:
+        write_text(path_csv, results_csv(curve))
+    return doc
+
+
+# -- curves of runs ---------------------------------------------------------------------------
+def config_label(mode: str, rank: int | None = None, targets=None) -> str:
+    """'dora r8 qkv', 'full': how an adapter configuration is named in legends and run names."""
     kind = ADAPTER_KINDS.get(mode) if isinstance(mode, str) else None  # a foreign file: its text
-    label = kind.label(s.get("rank"), s.get("targets")) if kind else str(mode)
+    return kind.label(rank, targets) if kind else str(mode)
+
+
+def run_label(s: dict) -> str:
+    """'dora r8 qkv', 'full full-dec': a curve of runs named by its settings."""
+    label = config_label(s.get("adapter", "?"), s.get("rank"), s.get("targets"))
     if s.get("decoder") == "full":
         label += " full-dec"
     if s.get("inter_sup") is False:
@@ -48,15 +244,17 @@ def _base_label(s: dict) -> str:
     return label
 
 
-def curves_from_points(points: list[RAPoint]) -> list[Curve]:
-    """Group run points by task and by every setting except lambda, one curve per group."""
-    groups: dict[tuple, list[RAPoint]] = {}
+def group_runs(points: Sequence[Curve]) -> list[Curve]:
+    """Run curves (``run_points``: one point each) -> one curve per task and per settings less
+    the lambda, named by its settings, by what differs where two names would be equal."""
+    groups: dict[tuple, list[Curve]] = {}
     for p in points:
-        key = tuple(sorted((k, repr(v)) for k, v in p.settings.items() if k != "name"))
+        key = tuple(sorted((k, repr(v)) for k, v in p.settings.items() if k not in ("name", "lmbda")))
         groups.setdefault((p.task, key), []).append(p)
-    labels = {g: _base_label(pts[0].settings) for g, pts in groups.items()}
-    for g, lab in labels.items():  # disambiguate equal labels by the settings that differ
-        twins = [h for h in groups if h != g and h[0] == g[0] and labels[h] == lab]
+    base = {g: run_label(pts[0].settings) for g, pts in groups.items()}
+    labels = dict(base)
+    for g, lab in base.items():  # disambiguate equal labels by the settings that differ
+        twins = [h for h in groups if h != g and h[0] == g[0] and base[h] == lab]
         if twins:
             mine = dict(g[1])
             differ = sorted({k for h in twins for k, v in h[1] if mine.get(k) != v})
@@ -64,102 +262,63 @@ def curves_from_points(points: list[RAPoint]) -> list[Curve]:
             labels[g] = f"{lab} ({extra})"
     curves = []
     for g, pts in groups.items():
-        pts = sorted(pts, key=lambda p: (p.bpp is None, p.bpp or 0.0, p.lmbda))
+        pts = sorted(pts, key=lambda p: (p.bpp[0] is None, p.bpp[0] or 0.0,
+                                         p.points[0].get("lmbda", 0.0) if p.points else 0.0))
         first = pts[0]
-        curves.append(Curve(labels[g], first.task, first.metric, first.higher_is_better,
-                            tuple(p.bpp for p in pts), tuple(p.value for p in pts),
-                            tuple(p.lmbda for p in pts), tuple(p.run for p in pts),
-                            {k: v for k, v in first.settings.items() if k != "name"},
-                            texts=tuple(f"λ={p.lmbda:g}" for p in pts)))
-    return sorted(curves, key=lambda c: (c.task, c.label))
+        curves.append(Curve(
+            labels[g], first.task, first.metric, first.higher_is_better,
+            [p.bpp[0] for p in pts], [p.values[0] for p in pts], "learned",
+            f"{len(pts)} run(s) of {labels[g]}", None, [dict(p.points[0]) for p in pts],
+            {k: v for k, v in first.settings.items() if k not in ("name", "lmbda")},
+            bpp_estimated=[(p.bpp_estimated or [None])[0] for p in pts], images=first.images))
+    return sorted(curves, key=lambda c: (c.task, c.name))
 
 
-def _point_text(point: dict) -> str:
-    parts = [f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}"
-             for k in ("lmbda", "quality", "scale") if point.get(k) is not None]
-    return " ".join(parts)
+# -- envelopes and BD-rates -------------------------------------------------------------------
+def envelope(curves: Sequence[Curve], description: str = "", kind: str = "classical",
+             name: str = ENVELOPE) -> Curve | None:
+    """``best-classical``: the Pareto front of every point of the curves of ``kind`` on one task
+    (any codec, any scale), i.e. the best such pipeline at each rate; None without such curves.
+    ``kind="preproc", name=PREPROC_ENVELOPE``: the same over the pre-processor pipelines."""
+    members = [c for c in curves if c.kind == kind]
+    if not members:
+        return None
+    c0 = members[0]
+    rates, values = pareto_front([b for c in members for b in c.bpp],
+                                 [v for c in members for v in c.values], c0.higher_is_better)
+    return Curve(name, c0.task, c0.metric, c0.higher_is_better, rates, values, "envelope",
+                 description, c0.uncompressed)
 
 
-def curve_from_results(res, path: str) -> Curve:
-    """A results file (``icm_core.studies.compare.load_results``) as a curve, sorted by rate."""
-    pts = list(res.points) if len(res.points or ()) == len(res.bpp) else [{}] * len(res.bpp)
-    order = sorted(range(len(res.bpp)), key=lambda i: (res.bpp[i] is None, res.bpp[i] or 0.0))
-    return Curve(str(res.name), str(res.task or "(no task)"), str(res.metric),
-                 bool(res.higher_is_better), tuple(res.bpp[i] for i in order),
-                 tuple(res.values[i] for i in order), source=str(path),
-                 texts=tuple(_point_text(pts[i]) for i in order),
-                 uncompressed=getattr(res, "uncompressed", None))
+def bd_rows(curves: Sequence[Curve], anchors: Sequence[Curve]) -> list[dict]:
+    """The BD-rate table: every curve against every anchor of its task (never against itself),
+    task by task, method by method: rows of ``BD_COLUMNS``.
 
-
-def bd_table(curves: list[Curve], anchor: str) -> list[dict]:
-    """BD-rate of every curve against the curve labelled ``anchor``, task by task.
-
-    A task without the anchor curve gets no rows; curves without compression (no rate) are
-    reported as not comparable with the reason.
+    ``bd_rate_percent`` is None with the ``reason`` when the two cannot be compared (a curve
+    without a rate, too few points, too little shared accuracy); otherwise ``metric_lo`` /
+    ``metric_hi`` is the accuracy interval the rates were averaged over.
     """
     rows = []
     for task in dict.fromkeys(c.task for c in curves):
-        same = [c for c in curves if c.task == task]
-        ref = next((c for c in same if c.label == anchor), None)
-        if ref is None:
-            continue
-        for c in same:
-            if c is ref:
-                continue
-            if any(b is None for b in (*ref.bpp, *c.bpp)):
-                rows.append({"task": task, "curve": c.label, "anchor": anchor, "bd_rate": None,
-                             "note": "a curve without compression has no rate"})
-                continue
-            r = bd_rate((list(ref.bpp), list(ref.values)), (list(c.bpp), list(c.values)),
-                        c.higher_is_better)
-            rows.append({"task": task, "curve": c.label, "anchor": anchor, "bd_rate": r.value,
-                         "note": r.reason or f"{c.metric} range {r.metric_range[0]:.4g}-"
-                                               f"{r.metric_range[1]:.4g}"})
+        refs = [a for a in anchors if a.task == task]
+        for m in (c for c in curves if c.task == task):
+            for a in refs:
+                if a is m:
+                    continue
+                if any(b is None for b in (*a.bpp, *m.bpp)):
+                    rows.append({"task": task, "method": m.name, "anchor": a.name,
+                                 "bd_rate_percent": None, "metric_lo": None, "metric_hi": None,
+                                 "reason": NO_RATE})
+                    continue
+                r = bd_rate((list(a.bpp), list(a.values)), (list(m.bpp), list(m.values)),
+                            m.higher_is_better)
+                lo, hi = r.metric_range or (None, None)
+                rows.append({"task": task, "method": m.name, "anchor": a.name,
+                             "bd_rate_percent": r.value, "metric_lo": lo, "metric_hi": hi,
+                             "reason": r.reason or ""})
     return rows
 
 
-__all__ = ["Curve", "curves_from_points", "curve_from_results", "bd_table"]
-
-
-@dataclass(frozen=True)
-class RAPoint:
-    """One run's result for one task."""
-
-    run: str
-    task: str
-    metric: str
-    value: float
-    higher_is_better: bool
-    bpp: float | None  # real bytes; None without compression
-    bpp_estimated: float | None
-    images: int
-    lmbda: float
-    settings: dict = field(default_factory=dict)  # what the run was (adapter, decoder, steps...)
-
-
-def compressai_json(name: str, description: str, results: list[EvalResult]) -> dict:
-    """CompressAI's result layout: ``{"name", "description", "results": {"bpp": [...], metric: [...]}}``."""
-    pts = sorted(results, key=lambda r: (r.bpp if r.bpp is not None else -1.0))
-    out = {"bpp": [r.bpp for r in pts], "bpp_estimated": [r.bpp_estimated for r in pts]}
-    for r in pts:
-        out.setdefault(r.metric, []).append(r.value)
-    return {"name": name, "description": description, "results": out,
-            "task": pts[0].task if pts else None, "images": pts[0].images if pts else 0}
-
-
-
-def results_csv(results: list[EvalResult]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["task", "metric", "value", "bpp", "bpp_estimated", "images"])
-    for r in results:
-        w.writerow([r.task, r.metric, r.value, r.bpp, r.bpp_estimated, r.images])
-    return buf.getvalue()
-
-
-
-def write_results(path_json, path_csv, name: str, description: str, results: list[EvalResult]) -> dict:
-    doc = compressai_json(name, description, results)
-    write_text(path_json, json.dumps(doc, indent=2))
-    write_text(path_csv, results_csv(results))
-    return doc
+__all__ = ["Curve", "run_settings", "sweep_key", "config_label", "run_label", "eval_curve", "load_results",
+           "results_csv", "write_results", "group_runs", "envelope", "bd_rows", "BD_COLUMNS",
+           "ENVELOPE", "PREPROC_ENVELOPE"]

@@ -26,6 +26,7 @@ import torch
 
 from icm_core.codec import coder
 from icm_core.codec.coder import EncodedImage, cpu_coder
+from icm_core.data.images import pil_to_tensor
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.inspection.runs import load_run, sweep_runs
 from icm_core.models.decoder import AttentionMaps
@@ -68,8 +69,7 @@ def resolve_image(source, cfg=None) -> ImageSource:
             return ImageSource(load_image(source), {}, Path(source).name)
         return ImageSource(load_image(io.BytesIO(bytes(source))), {}, "upload")
     if hasattr(source, "convert") and hasattr(source, "size"):  # a PIL image
-        rgb = np.asarray(source.convert("RGB"), dtype=np.float32) / 255.0
-        return ImageSource(torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), {}, "upload")
+        return ImageSource(pil_to_tensor(source, "uploaded image"), {}, "upload")
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
             raise DatasetError(f"array image of shape {source.shape} {source.dtype}: give "

@@ -7,6 +7,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 from icm_core.errors import ConfigError
+from icm_core.evaluation.results import run_settings, sweep_key
+from icm_core.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    load_config_file,
+    resolve_checkpoint_dir,
+)
 
 RUN_CACHE_SIZE = 4
 """Models ``load_run`` keeps (least recently used first out): a lambda sweep of 3-4 runs stays
@@ -21,8 +28,6 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     The ``RUN_CACHE_SIZE`` most recently used models are kept (a checkpoint folder rewritten
     since replaces its older model at once). Safe from any thread: one load at a time.
     """
-    from icm_core.training.checkpoint import load_checkpoint, resolve_checkpoint_dir
-
     ckpt = resolve_checkpoint_dir(run_dir)
     stamp = max(p.stat().st_mtime_ns for p in ckpt.iterdir())
     where = str(ckpt.resolve())
@@ -43,15 +48,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
     """(lambda, folder) of ``run_dir`` and its siblings that differ from it only in lambda
     (a Hydra ``-m lmbda=...`` sweep), by lambda."""
-    from icm_core.studies.ra_curves import _settings
-    from icm_core.training.checkpoint import (
-        has_checkpoint,
-        load_config_file,
-        resolve_checkpoint_dir,
-    )
-
     run = Path(run_dir)
-    mine = load_config_file(resolve_checkpoint_dir(run))
+    key = sweep_key(run_settings(load_config_file(resolve_checkpoint_dir(run))))
     found = []
     for d in sorted(p for p in run.resolve().parent.iterdir() if p.is_dir()):
         if not has_checkpoint(d):
@@ -60,7 +58,7 @@ def sweep_runs(run_dir: str | Path) -> list[tuple[float, Path]]:
             cfg = load_config_file(resolve_checkpoint_dir(d))
         except ConfigError:
             continue  # an unrelated or broken folder beside the sweep
-        if _settings(cfg) == _settings(mine) and list(cfg.tasks) == list(mine.tasks):
+        if sweep_key(run_settings(cfg)) == key:
             found.append((cfg.lmbda, d))
     return sorted(found, key=lambda t: t[0])
 

@@ -5,7 +5,8 @@ run (rank and targets only where they mean something: dora and lora). ``measure_
 times real optimizer steps of one configuration on this machine and caches the measurement,
 so ``estimate_cost`` multiplies runs x steps x a measured time, never a guess. ``fig5_rows``
 turns finished runs into rows (metric against the share of trainable backbone parameters,
-real-bytes rate) and ``fig5_figure`` / ``save_ablation`` into plotly charts, HTML and CSV.
+real-bytes rate); ``save_ablation`` writes them as a plotly chart
+(``icm_core.viz.figures.fig5_figure``), HTML and CSV.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from pathlib import Path
 from icm_core.config import load_config
 from icm_core.config.schema import TARGET_NAMES, ExperimentConfig
 from icm_core.errors import ConfigError
+from icm_core.evaluation.results import config_label
 from icm_core.files import write_text
 from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
+from icm_core.studies.ra_curves import run_points
+from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
+from icm_core.viz.figures import fig5_figure
 
 GRID_KEYS = ("adapter.mode", "adapter.rank", "adapter.targets", "lmbda", "out_dir", "resume")
 STEP_TIMES = ".step-times.json"  # cache of measured step times, in the workspace
@@ -43,11 +48,6 @@ class GridPoint:
     lmbda: float
     overrides: tuple[str, ...]  # base overrides (minus what the grid sets) + the grid's
     steps: int
-
-
-def config_label(mode: str, rank: int | None = None, targets=None) -> str:
-    """'dora r8 qkv', 'full': how a configuration is named in legends and run names."""
-    return get_adapter_kind(mode).label(rank, targets)
 
 
 def _fmt(x: float) -> str:
@@ -273,11 +273,8 @@ FIG5_COLUMNS = ("run", "label", "adapter", "rank", "targets", "lmbda", "task", "
 
 
 def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> list[dict]:
-    """One row per run and task: its real-bytes RA point (``curves.run_points``, cached) and
-    the share of backbone parameters its adapter trains. ``runs``: folders or RunInfo."""
-    from icm_core.studies.ra_curves import run_points
-    from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
-
+    """One row per run and task: its real-bytes RA point (``ra_curves.run_points``, cached)
+    and the share of backbone parameters its adapter trains. ``runs``: folders or RunInfo."""
     rows = []
     for run in runs:
         path = Path(getattr(run, "path", run))
@@ -289,53 +286,11 @@ def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> li
             rows.append({"run": str(path), "label": config_label(a.mode, a.rank, a.targets),
                          "adapter": a.mode, "rank": a.rank if low else None,
                          "targets": "".join(a.targets) if low else None, "lmbda": cfg.lmbda,
-                         "task": p.task, "metric": p.metric, "value": p.value,
-                         "higher_is_better": p.higher_is_better, "bpp": p.bpp,
+                         "task": p.task, "metric": p.metric, "value": p.values[0],
+                         "higher_is_better": p.higher_is_better, "bpp": p.bpp[0],
                          "trainable_params": trainable, "backbone_params": total,
                          "trainable_percent": 100.0 * trainable / total})
     return sorted(rows, key=lambda r: (r["task"], r["trainable_percent"], r["label"], r["lmbda"]))
-
-
-def fig5_figure(rows: list[dict], title: str = "Ablation (Fig. 5 style)"):
-    """Per task, a row of two charts: metric against trainable % (one marker per run,
-    labelled by lambda) and the RA curve of each configuration across lambdas."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows)) or ["(no finished run)"]
-    titles = []
-    for t in tasks:
-        metric = next((r["metric"] for r in rows if r["task"] == t), "")
-        titles += [f"{t}: {metric} vs trainable backbone %", f"{t}: {metric} vs real bpp"]
-    fig = make_subplots(rows=len(tasks), cols=2, subplot_titles=titles, horizontal_spacing=0.12,
-                        vertical_spacing=0.25 / max(len(tasks), 1))
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    colors = {lab: qualitative.Plotly[i % len(qualitative.Plotly)] for i, lab in enumerate(labels)}
-    for i, task in enumerate(tasks, start=1):
-        for lab in labels:
-            pts = sorted((r for r in rows if r["task"] == task and r["label"] == lab),
-                         key=lambda r: (r["bpp"] is None, r["bpp"] or 0.0, r["lmbda"]))
-            if not pts:
-                continue
-            text = [f"λ={_fmt(r['lmbda'])}" for r in pts]
-            common = dict(name=lab, legendgroup=lab, marker=dict(color=colors[lab], size=9),
-                          text=text, hovertemplate="%{fullData.name}<br>%{text}<br>"
-                          "x=%{x:.4g}<br>y=%{y:.4g}<extra></extra>")
-            fig.add_trace(go.Scatter(x=[r["trainable_percent"] for r in pts],
-                                     y=[r["value"] for r in pts], mode="markers",
-                                     showlegend=(i == 1), **common), row=i, col=1)
-            fig.add_trace(go.Scatter(x=[r["bpp"] for r in pts], y=[r["value"] for r in pts],
-                                     mode="lines+markers+text", textposition="top center",
-                                     showlegend=False, **common), row=i, col=2)
-        metric = next((r["metric"] for r in rows if r["task"] == task), "")
-        fig.update_xaxes(title_text="trainable backbone parameters (%)", row=i, col=1)
-        fig.update_xaxes(title_text="bpp (real bytes)", row=i, col=2)
-        fig.update_yaxes(title_text=metric, row=i, col=1)
-        fig.update_yaxes(title_text=metric, row=i, col=2)
-    fig.update_layout(title=title, height=380 * len(tasks) + 80, template="plotly_white",
-                      legend=dict(title="configuration"))
-    return fig
 
 
 def rows_csv(rows: list[dict]) -> str:
@@ -358,5 +313,5 @@ def save_ablation(rows: list[dict], out_dir: str | Path, name: str = "ablation",
 
 
 __all__ = ["parse_numbers", "parse_target_sets", "GridPoint", "StepTime", "GridCost", "config_label", "expand_grid", "measure_step_time",
-           "estimate_cost", "trainable_share", "fig5_rows", "fig5_figure", "rows_csv",
+           "estimate_cost", "trainable_share", "fig5_rows", "rows_csv",
            "save_ablation", "FIG5_COLUMNS"]

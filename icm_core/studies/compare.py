@@ -5,117 +5,81 @@ complexity table.
 Every method is scored on the same images: ``SyntheticScenes(split="test")``, whose scene seeds
 no training uses. The learned codec's points come from real streams (``evaluate``). A classical
 pipeline is one codec at one scale of the resolution ladder (downscale, code, upscale back:
-``codecs.code_at_scale``); each quality is a point, its rate the real file bits over the
-original pixels, its accuracy what an uncompressed baseline model (``model.compression=false``,
-same backbone and budget) makes of the decoded images. A downscaled classical codec is a strong
+``icm_core.baselines.classical.code_at_scale``, timed by ``icm_core.evaluation.score``); each
+quality is a point, its rate the real file bits over the original pixels, its accuracy what an
+uncompressed baseline model (``model.compression=false``, same backbone and budget) makes of
+the decoded images (``score``). A downscaled classical codec is a strong
 baseline for machine tasks; leaving it out would flatter the learned codec.
 
 ``compare(...)`` (and ``icm compare``) writes, in its output folder:
 
 - ``<method>-<task>.json`` per method (CompressAI layout plus ``task``, ``metric``,
-  ``higher_is_better``, ``uncompressed``, ``points``; :func:`load_results` reads it back);
+  ``higher_is_better``, ``uncompressed``, ``points``: ``icm_core.evaluation.results.Curve``;
+  ``icm_core.evaluation.results.load_results`` reads it back);
 - ``bd_rate.csv``: every method against every anchor: each classical pipeline,
   ``best-classical`` (the Pareto envelope of every classical point), and with a
   pre-processor each ``preproc+<codec>`` pipeline and ``best-preproc`` (their envelope);
-- ``ra-<task>.html`` (plotly; ``.png`` too when kaleido is installed);
-- ``complexity.csv`` / ``.json``: parameters, trainable %, FLOPs, measured times.
+- ``ra-<task>.html`` (``icm_core.viz.figures.comparison_figure``; ``.png`` too when kaleido
+  is installed);
+- ``complexity.csv`` / ``.json``: parameters, trainable %, FLOPs (``icm_core.evaluation.cost``),
+  measured times.
+
+The held-out scenes are ``icm_core.data.held_out.HeldOut``; the BD-rate table is
+``icm_core.evaluation.results.bd_rows`` with every classical, pre-processor and envelope curve
+as an anchor (``ANCHOR_KINDS``).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from icm_core.baselines import classical
+from icm_core.baselines import preprocessor as pre
+from icm_core.baselines.classical import (
+    CODECS,
+    CodecUnavailableError,
+    available_codecs,
+    get_codec,
+    scaled_size,
+)
 from icm_core.codec import coder
+from icm_core.data.held_out import HeldOut
+from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError, DatasetError
+from icm_core.evaluation.cost import count_flops, model_flops, model_parameters
+from icm_core.evaluation.evaluate import evaluate
+from icm_core.evaluation.results import (
+    BD_COLUMNS,
+    ENVELOPE,
+    PREPROC_ENVELOPE,
+    Curve,
+    bd_rows,
+    envelope,
+)
+from icm_core.evaluation.score import code_images, score
 from icm_core.files import atomic_path, write_text
+from icm_core.tasks.registry import get_task
+from icm_core.training.checkpoint import has_checkpoint, load_checkpoint
+from icm_core.viz.figures import comparison_figure
 
 SMALL_LADDERS = classical.SMALL_LADDERS
 """Each registered codec's small ladder (``ladder="small"``): ``classical.register_codec``."""
 DEFAULT_CODECS = classical.DEFAULT_CODECS
 DEFAULT_SCALES = (1.0, 0.5, 0.25)
-ENVELOPE = "best-classical"
-PREPROC_ENVELOPE = "best-preproc"
+ANCHOR_KINDS = ("classical", "preproc", "envelope")
+"""The curves every method is compared with in ``bd_rate.csv``."""
 CODEC_FLOPS_NOTE = "classical codec FLOPs: not applicable (library code, not counted)"
-
-
-# --------------------------------------------------------------------------------------------
-# results of one method on one task
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Curve:
-    """One method's rate-accuracy points on one task (rate = real bits / original pixels)."""
-
-    name: str
-    task: str
-    metric: str
-    higher_is_better: bool
-    bpp: list[float]
-    values: list[float]
-    kind: str = ""  # learned, classical, preproc, envelope
-    description: str = ""
-    uncompressed: float | None = None  # the baseline model on the uncompressed images
-    points: list[dict] = field(default_factory=list)  # per point: quality, scale, lmbda, run
-
-    def to_json(self) -> dict:
-        """CompressAI's layout (``results: {bpp, <metric>}``) plus what a reader needs."""
-        order = sorted(range(len(self.bpp)), key=lambda i: self.bpp[i])
-        return {"name": self.name, "description": self.description, "task": self.task,
-                "metric": self.metric, "higher_is_better": self.higher_is_better,
-                "kind": self.kind, "uncompressed": self.uncompressed,
-                "results": {"bpp": [self.bpp[i] for i in order],
-                            self.metric: [self.values[i] for i in order]},
-                "points": [self.points[i] for i in order] if self.points else []}
-
-
-def load_results(path: str | Path, metric: str | None = None) -> Curve:
-    """A results JSON (``compare``'s, ``icm eval``'s, or CompressAI's) -> ``Curve``.
-
-    ``metric`` picks the metric when the file holds several (CompressAI's psnr, ms-ssim...);
-    the task defaults to the file's ``task`` key, the direction to the task's.
-    """
-    from icm_core.tasks.registry import get_task
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{str(path)!r}: cannot read results ({e.strerror or e})") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{str(path)!r} is not JSON ({e}); give a results file written by "
-                          "icm compare or icm eval") from e
-    res = doc.get("results") if isinstance(doc, dict) else None
-    if not isinstance(res, dict) or not isinstance(res.get("bpp"), list):
-        raise ConfigError(f"{str(path)!r} has no 'results': {{'bpp': [...], <metric>: [...]}} "
-                          "(CompressAI's layout)")
-    metrics = [k for k in res if k not in ("bpp", "bpp_estimated")]
-    metric = metric or doc.get("metric") or (metrics[0] if len(metrics) == 1 else None)
-    if metric not in res:
-        raise ConfigError(f"{str(path)!r}: metric {metric!r} is not in its results; choose one "
-                          f"of {metrics}")
-    bpp, values = res["bpp"], res[metric]
-    if len(bpp) != len(values):
-        raise ConfigError(f"{str(path)!r}: {len(bpp)} rates but {len(values)} {metric} values")
-    task = doc.get("task")
-    hib = doc.get("higher_is_better")
-    if hib is None:
-        hib = get_task(task).higher_is_better if task else True
-    return Curve(str(doc.get("name", path.stem)), task, metric, bool(hib),
-                 [None if b is None else float(b) for b in bpp], [float(v) for v in values],
-                 doc.get("kind", ""), doc.get("description", ""), doc.get("uncompressed"),
-                 doc.get("points") or [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +90,6 @@ def find_runs(paths: Sequence[str | Path], what: str = "RUN") -> list[Path]:
     """Run folders: each path is a run (it has a checkpoint) or a folder of runs (``icm demo``'s
     output: its ``lmbda-*`` children). Missing folders and folders without any checkpoint are
     refused with what to do."""
-    from icm_core.training.checkpoint import has_checkpoint
-
     runs: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
@@ -146,8 +108,6 @@ def find_runs(paths: Sequence[str | Path], what: str = "RUN") -> list[Path]:
 
 
 def _load_run(run: Path, compression: bool, what: str):
-    from icm_core.training.checkpoint import load_checkpoint
-
     model, ckpt = load_checkpoint(run)
     if model.compression != compression:
         hint = ("it has no compression stage (model.compression=false): give it as --baseline"
@@ -158,141 +118,6 @@ def _load_run(run: Path, compression: bool, what: str):
         raise DatasetError(f"{what} {str(run)!r} was trained on {model.dataset!r}; the held-out "
                            "comparison runs on synthetic scenes only in this version")
     return model.eval(), ckpt
-
-
-class HeldOut(torch.utils.data.Dataset):
-    """The first ``n`` scenes of the ``test`` split at ``size``, rendered once and kept."""
-
-    def __init__(self, n: int, size: int | tuple[int, int], tasks):
-        from icm_core.data.synthetic import SyntheticScenes
-        from icm_core.viz.images import image_to_uint8
-
-        if int(n) < 1:
-            raise ConfigError(f"images={n!r}: compare on at least 1 image")
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        ds = SyntheticScenes("test", size=hw, tasks=list(tasks), length=int(n))
-        self.size, self.samples = hw, [ds[i] for i in range(int(n))]
-        self.images = [Image.fromarray(image_to_uint8(s["image"])) for s in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.samples[i]
-
-    @property
-    def pixels(self) -> int:
-        return sum(im.size[0] * im.size[1] for im in self.images)
-
-
-# --------------------------------------------------------------------------------------------
-# measuring
-# --------------------------------------------------------------------------------------------
-
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
-@torch.no_grad()
-def score(model, task: str, images: Sequence, targets: Sequence[torch.Tensor],
-          metric_options: dict | None = None) -> tuple[float, list[float]]:
-    """Dataset-level metric of an uncompressed model on ``images`` (PIL or (3, H, W) tensors),
-    as ``evaluate`` computes it, and the measured seconds of each forward."""
-    from icm_core.tasks.metrics import make_metric
-    from icm_core.tasks.registry import get_task
-
-    metric = make_metric(task, dataset=model.dataset, **(metric_options or {}))
-    spec, times = get_task(task), []
-    for x, t in zip(images, targets, strict=True):
-        x = _to_tensor(x) if isinstance(x, Image.Image) else x
-        start = time.perf_counter()
-        pred = model.predict(x.unsqueeze(0), task=task).prediction
-        times.append(time.perf_counter() - start)
-        metric.update(spec.activate(pred.float()).cpu(), t.unsqueeze(0))
-    return float(metric.compute()), times
-
-
-class _Timed:
-    """A codec that notes when its encode call ends and its decode call starts, so that the
-    time of ``code_at_scale`` splits exactly into the sender's part (downscale, encode) and
-    the receiver's (decode, upscale)."""
-
-    def __init__(self, codec):
-        self.codec, self.name, self.qualities = codec, codec.name, codec.qualities
-        self.encoded_at = self.decoding_at = 0.0
-
-    def encode(self, image, quality):
-        data = self.codec.encode(image, quality)
-        self.encoded_at = time.perf_counter()
-        return data
-
-    def decode(self, data):
-        self.decoding_at = time.perf_counter()
-        return self.codec.decode(data)
-
-
-def code_images(codec, images: Sequence[Image.Image], quality: int, scale: float
-                ) -> tuple[float, list[Image.Image], list[float], list[float]]:
-    """Code every image at (quality, scale): (bpp = all file bits / all original pixels,
-    decoded images at the original size, measured seconds per image of the sender (downscale +
-    encode) and of the receiver (decode + upscale))."""
-    from icm_core.baselines.classical import code_at_scale
-
-    bits = pixels = 0
-    decoded, enc, dec = [], [], []
-    for im in images:
-        timed = _Timed(codec)
-        start = time.perf_counter()
-        point = code_at_scale(timed, im, quality, scale)
-        end = time.perf_counter()
-        enc.append(timed.encoded_at - start)
-        dec.append(end - timed.decoding_at)
-        decoded.append(point.decoded)
-        bits += 8 * len(point.data)
-        pixels += im.size[0] * im.size[1]
-    return bits / pixels, decoded, enc, dec
-
-
-def _count(fn) -> tuple[int, object]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = fn()
-    return int(counter.get_total_flops()), out
-
-
-@torch.no_grad()
-def model_flops(model, task: str, size: int | tuple[int, int]) -> dict[str, int]:
-    """FLOPs of one image of ``size`` through ``model`` for ``task``, sender and receiver side.
-
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions,
-    2 FLOPs per multiply-add; normalizations, activations and the rANS coder are not counted).
-    With compression: encoder = backbone, adapter, preliminary decoder, analysis and the
-    entropy model's networks that coding needs; decoder = the entropy model's networks that
-    decoding needs and the transformer decoder. Without: encoder = everything up to the
-    latent, decoder = the transformer decoder (a "Codec + Baseline" receiver runs both).
-    """
-    from icm_core.codec.coder import cpu_coder
-
-    H, W = (size, size) if isinstance(size, int) else size
-    task = model.task_arg(task)
-    image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)).to(model.device)
-    with model.reading(task):
-        enc, (_, y, padded) = _count(lambda: model.analysis(image, task))
-        if not model.compression:
-            dec, _ = _count(lambda: model.heads[task].synthesis(y, padded))
-            return {"encoder": enc, "decoder": dec}
-        coder = cpu_coder(model, task)
-        y = y.float().cpu()
-        ent, coded = _count(lambda: coder.compress(y))
-        s, p = model.stride, model.backbone.stride
-        Hp, Wp = padded
-
-        def receive():
-            y_hat = coder.decompress(list(coded["strings"]), (Hp // s, Wp // s), (Hp // p, Wp // p))
-            return model.heads[task].synthesis(y_hat.to(model.device), padded)
-        dec, _ = _count(receive)
-    return {"encoder": enc + ent, "decoder": dec}
 
 
 def _median_ms(seconds: Sequence[float]) -> float | None:
@@ -314,19 +139,6 @@ class Complexity:
     decode_ms: float | None
     timed_images: int
     note: str = ""
-
-
-def model_parameters(model, task: str) -> dict:
-    """Parameters ``task``'s forward uses, those it trains, and the trainable backbone share."""
-    report = model.trainable_parameters(task)
-    others = {id(p) for t in model.tasks if t != task for p in model.task_parameters(t)}
-    own = {id(p) for p in model.task_parameters(task)}
-    used = [p for n, p in model.backbone.named_parameters()
-            if id(p) not in others and ("lora_" not in n or id(p) in own)]
-    used += list(model.heads[task].parameters())
-    return {"parameters": sum(p.numel() for p in used),
-            "trainable_parameters": sum(p.numel() for p in model.task_parameters(task)),
-            "trainable_backbone_percent": round(report.trainable_percent, 4)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,13 +163,6 @@ class Comparison:
 
 
 def _parse_codecs(codecs) -> list:
-    from icm_core.baselines.classical import (
-        CODECS,
-        CodecUnavailableError,
-        available_codecs,
-        get_codec,
-    )
-
     names = [c.strip().lower() for c in codecs if c.strip()]
     unknown = [c for c in names if c not in CODECS]
     if unknown:
@@ -388,8 +193,6 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
     """{task: pre-processor} trained against each frozen baseline, or loaded from a path."""
     if mode == "none":
         return {}
-    from icm_core.baselines import preprocessor as pre
-
     if mode != "train":
         path = Path(mode)
         if path.is_dir():
@@ -404,8 +207,6 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
                               "a file written by save_preprocessor")
         pp = pre.load_preprocessor(path)
         return {t: pp for t in baselines}
-    from icm_core.data.registry import make_dataset
-
     result = {}
     for task, (model, _) in baselines.items():
         log(f"{task}: training the pre-processor against the frozen baseline")
@@ -422,50 +223,10 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
     return result
 
 
-def envelope(curves: Sequence[Curve], description: str = "", kind: str = "classical",
-             name: str = ENVELOPE) -> Curve | None:
-    """``best-classical``: the Pareto front of every classical point of one task (any codec,
-    any scale), i.e. the best classical pipeline at each rate; None without classical curves.
-    ``kind="preproc", name=PREPROC_ENVELOPE``: the same over the pre-processor pipelines."""
-    from icm_core.evaluation.bdrate import pareto_front
-
-    members = [c for c in curves if c.kind == kind]
-    if not members:
-        return None
-    c0 = members[0]
-    rates, values = pareto_front([b for c in members for b in c.bpp],
-                                 [v for c in members for v in c.values], c0.higher_is_better)
-    return Curve(name, c0.task, c0.metric, c0.higher_is_better, rates, values, "envelope",
-                 description, c0.uncompressed)
-
-
-def bd_rows_of(curves: Sequence[Curve]) -> list[dict]:
-    """BD-rate of every method of one task against every anchor (each classical and
-    pre-processor pipeline and the envelopes): rows of ``bd_rate.csv``; a method is not
-    compared with itself."""
-    from icm_core.evaluation.bdrate import bd_rate
-
-    anchors = [c for c in curves if c.kind in ("classical", "preproc", "envelope")]
-    rows = []
-    for m in curves:
-        for a in anchors:
-            if a is m:
-                continue
-            r = bd_rate((a.bpp, a.values), (m.bpp, m.values), m.higher_is_better)
-            lo, hi = r.metric_range or (None, None)
-            rows.append({"task": m.task, "method": m.name, "anchor": a.name,
-                         "bd_rate_percent": r.value, "metric_lo": lo, "metric_hi": hi,
-                         "reason": r.reason or ""})
-    return rows
-
-
 def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log,
                     options: dict):
     """(task, [Curve], [Complexity]) of the learned codec: one curve per configuration name,
     one point per run, scored through real streams."""
-    from icm_core.evaluation.evaluate import evaluate
-    from icm_core.tasks.registry import get_task
-
     found = []
     groups: dict[str, list] = {}
     for r, m, _ in learned:
@@ -500,12 +261,10 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
                      refs: dict, where: str, flops: bool, log, options: dict):
     """(task, [Curve], [Complexity]) of every classical and pre-processor pipeline (codec at
     one scale), each point scored by the task's uncompressed baseline."""
-    from icm_core.tasks.registry import get_task
-
     found = []
     base_flops = {t: model_flops(m, t, ds.size) if flops else None for t, (m, _) in base.items()}
     prepped = {t: _apply_all(pp, ds.images) for t, pp in pps.items()}
-    pp_flops = {t: _count(lambda pp=pp: _apply_all(pp, ds.images[:1]))[0] if flops else None
+    pp_flops = {t: count_flops(lambda pp=pp: _apply_all(pp, ds.images[:1]))[0] if flops else None
                 for t, pp in pps.items()}
     for codec in codec_objs:
         qs = _qualities(codec, ladder)
@@ -568,15 +327,10 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
         metric_options: per task, options of its metric for every method alike (e.g.
             ``{"boundary": {"n_thresholds": 19}}``; ``make_metric``).
     """
-    from icm_core.baselines.classical import scaled_size
-    from icm_core.tasks.registry import get_task
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder")
     if codecs is None:
-        from icm_core.baselines.classical import available_codecs
-
         have = available_codecs()
         for c in DEFAULT_CODECS:
             if c not in have:
@@ -629,7 +383,7 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
         curves[task] += curves_
         cplx += cplx_
 
-    bd_rows: list[dict] = []
+    rows: list[dict] = []
     for task in tasks:
         env = envelope(curves[task], f"Pareto envelope of every classical pipeline (any codec, "
                        f"any scale) + baseline, {where}")
@@ -640,11 +394,11 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
                               PREPROC_ENVELOPE)
             if pp_env is not None:
                 curves[task].append(pp_env)
-            bd_rows += bd_rows_of(curves[task])
-    result = Comparison(curves, bd_rows, cplx, skipped, out)
+            rows += bd_rows(curves[task], [c for c in curves[task] if c.kind in ANCHOR_KINDS])
+    result = Comparison(curves, rows, cplx, skipped, out)
     _write(result, where, log)
     for task in tasks:
-        for row in bd_rows:
+        for row in rows:
             if row["task"] == task and (
                     (row["anchor"] == ENVELOPE and row["method"].startswith(
                         ("learned", "preproc+", PREPROC_ENVELOPE)))
@@ -655,16 +409,12 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
     return result
 
 
-
-
 def _apply_all(pp, images: Sequence[Image.Image]) -> tuple[list[Image.Image], list[float]]:
     """Every image through the pre-processor, with the measured seconds of each."""
-    from icm_core.baselines.preprocessor import apply_preprocessor
-
     out, secs = [], []
     for im in images:
         start = time.perf_counter()
-        out.append(apply_preprocessor(pp, im))
+        out.append(pre.apply_preprocessor(pp, im))
         secs.append(time.perf_counter() - start)
     return out, secs
 
@@ -721,52 +471,14 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-BD_COLUMNS = ("task", "method", "anchor", "bd_rate_percent", "metric_lo", "metric_hi", "reason")
-
-
-ENVELOPE_COLOURS = {ENVELOPE: "#555555", PREPROC_ENVELOPE: "#d62728"}
-MAX_SHOWN = 8  # more curves than this: single pipelines start hidden (click the legend)
-
-
-def figure(curves: list[Curve], title: str = ""):
-    """The plotly RA figure of one task: every method, the uncompressed baseline dotted.
-
-    With more than ``MAX_SHOWN`` curves (every codec at every scale, with and without the
-    pre-processor: 26) the single pipelines start hidden, listed in the legend, and the
-    learned codec and the envelopes are what one sees."""
-    from icm_core.viz.images import ra_figure
-
-    c0 = curves[0]
-    fig = ra_figure({c.name: (c.bpp, c.values) for c in curves}, c0.metric, title)
-    crowded = len(curves) > MAX_SHOWN
-    for trace in fig.data:
-        if trace.name.startswith("learned"):
-            trace.update(line={"width": 4})
-        elif trace.name in ENVELOPE_COLOURS:
-            trace.update(line={"width": 6, "color": ENVELOPE_COLOURS[trace.name]}, opacity=0.45,
-                         marker={"color": ENVELOPE_COLOURS[trace.name]})
-        else:  # one classical or pre-processor pipeline
-            if "@" in trace.name or trace.name.startswith("preproc+"):
-                trace.update(line={"dash": "dash" if "@" in trace.name else "dashdot"})
-            if crowded:
-                trace.update(visible="legendonly")
-    if c0.uncompressed is not None:
-        fig.add_hline(y=c0.uncompressed, line_dash="dot",
-                      annotation_text=f"uncompressed baseline ({c0.uncompressed:.3g})")
-    fig.update_xaxes(type="log")
-    return fig
-
-
 def _write(result: Comparison, where: str, log) -> None:
-    import importlib.util
-
     out = result.out
     for task, curves in result.curves.items():
         for c in curves:
             write_text(out / f"{c.name}-{task}.json", json.dumps(c.to_json(), indent=2))
         if not curves:
             continue
-        fig = figure(curves, f"{task}: {where}")
+        fig = comparison_figure(curves, f"{task}: {where}")
         write_text(out / f"ra-{task}.html", fig.to_html(include_plotlyjs=True))
         if importlib.util.find_spec("kaleido") is not None:
             with atomic_path(out / f"ra-{task}.png") as tmp:
@@ -785,7 +497,5 @@ def bd_table(result: Comparison, anchor: str = ENVELOPE) -> list[dict]:
     return [r for r in result.bd_rates if r["anchor"] == anchor]
 
 
-__all__ = ["Curve", "Comparison", "Complexity", "compare", "load_results", "find_runs",
-           "model_flops", "model_parameters", "code_images", "score", "figure", "bd_table",
-           "envelope", "bd_rows_of",
-           "HeldOut", "SMALL_LADDERS", "ENVELOPE", "PREPROC_ENVELOPE"]
+__all__ = ["Comparison", "Complexity", "compare", "find_runs", "bd_table", "SMALL_LADDERS",
+           "DEFAULT_CODECS", "DEFAULT_SCALES", "ANCHOR_KINDS", "ENVELOPE", "PREPROC_ENVELOPE"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import torch
@@ -21,11 +20,12 @@ import torch
 from icm_core.codec import coder
 from icm_core.config import load_config
 from icm_core.data.synthetic import SyntheticScenes
-from icm_core.evaluation.results import compressai_json, results_csv
+from icm_core.evaluation.results import eval_curve, write_results
 from icm_core.files import write_text
 from icm_core.models.backbone import weights_notice, weights_source
 from icm_core.training.trainer import Trainer
-from icm_core.viz.images import prediction_panel, ra_figure
+from icm_core.viz.figures import ra_figure
+from icm_core.viz.images import prediction_panel
 
 
 def _png_b64(img) -> str:
@@ -88,9 +88,10 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
     desc = (f"quick preset ({model.cfg.backbone.name}, {weights_source(model.cfg.backbone)} "
             f"weights, DoRA r{model.cfg.adapter.rank}), {steps} steps per lambda on synthetic scenes "
             f"at {size} px, {val_images} val images at {shown} px, real bitstreams")
-    doc = compressai_json(f"demo-{task}", desc, results)
-    write_text(out / "results.json", json.dumps(doc, indent=2))
-    write_text(out / "results.csv", results_csv(results))
+    write_results(out / "results.json", out / "results.csv",
+                  eval_curve(f"demo-{task}", desc, results,
+                             points=[{"run": str(out / f"lmbda-{lm:g}"), "lmbda": float(lm)}
+                                     for lm in lambdas]))
     r0 = results[0]
     fig = ra_figure({"DoRA FT (quick), real bytes": ([r.bpp for r in results], [r.value for r in results]),
                      "same, estimated bits": ([r.bpp_estimated for r in results], [r.value for r in results])},

@@ -5,12 +5,11 @@ rate-accuracy panel reads (``run_points``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from icm_core.config.schema import ExperimentConfig
-from icm_core.evaluation.evaluate import EvalResult
-from icm_core.evaluation.results import write_results
+from icm_core.evaluation.results import Curve, write_results
 from icm_core.models.backbone import weights_source
 from icm_core.studies.ra_curves import run_points
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
@@ -27,7 +26,7 @@ def run_description(cfg: ExperimentConfig, images: int) -> str:
 
 @dataclass(frozen=True)
 class RunResult:
-    result: EvalResult
+    curve: Curve  # one point: the run's newest checkpoint
     json_path: Path
     csv_path: Path
 
@@ -41,11 +40,11 @@ def evaluate_run(run: str | Path, out: str | Path | None = None, *, max_images: 
     out = Path(out) if out is not None else ckpt.parent
     written = []
     for p in run_points(run, max_images=max_images, device=device or default_device()):
-        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images, p.higher_is_better)
-        name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
+        curve = replace(p, name=f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}",
+                        description=run_description(cfg, p.images))
         j, c = out / f"results-{p.task}.json", out / f"results-{p.task}.csv"
-        write_results(j, c, name, run_description(cfg, p.images), [r])
-        written.append(RunResult(r, j, c))
+        write_results(j, c, curve)
+        written.append(RunResult(curve, j, c))
     return written
 
 

@@ -3,32 +3,28 @@
 A run folder (what ``icm train`` writes) becomes a point by evaluating its newest checkpoint on
 the validation split through real streams. Points are cached in ``<run>/ra-points.json``,
 keyed by the task file's weight fingerprint and the evaluation settings, so the workbench's
-rate-accuracy panel and ``icm eval`` share the work and a retrained run is re-evaluated.
+rate-accuracy panel and ``icm eval`` share the work and a retrained run is re-evaluated. Each
+point is a one-point ``Curve`` (``icm_core.evaluation.results``) carrying the run's settings
+(``run_settings``, read from its config, never from the cache); ``group_runs`` joins the runs
+of a lambda sweep into one curve.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from safetensors import safe_open
 
+from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
-from icm_core.evaluation.results import RAPoint
+from icm_core.evaluation.evaluate import evaluate
+from icm_core.evaluation.results import Curve, group_runs, run_settings
 from icm_core.files import write_text
-from icm_core.models.backbone import weights_source
-from icm_core.training.checkpoint import resolve_checkpoint_dir
+from icm_core.training.checkpoint import load_checkpoint, load_config_file, resolve_checkpoint_dir
 
 CACHE = "ra-points.json"
-
-
-def _settings(cfg) -> dict:
-    a, m = cfg.adapter, cfg.model
-    return {"name": cfg.name, "adapter": a.mode, "rank": a.rank, "targets": list(a.targets),
-            "decoder": m.decoder, "inter_sup": m.inter_sup, "compression": m.compression,
-            "backbone": cfg.backbone.name, "weights_source": weights_source(cfg.backbone),
-            "steps": cfg.train.max_steps, "size": list(cfg.data.size)}
+_MEASURED = ("task", "metric", "value", "higher_is_better", "bpp", "bpp_estimated", "images")
 
 
 def _fingerprint(ckpt: Path, task: str) -> str:
@@ -36,13 +32,17 @@ def _fingerprint(ckpt: Path, task: str) -> str:
         return (f.metadata() or {}).get("fingerprint", "")
 
 
-def run_points(run: str | Path, *, max_images: int | None = None, device: str = "cpu",
-               cache: bool = True) -> list[RAPoint]:
-    """Every task's RA point of one run folder (its newest checkpoint), cached."""
-    from icm_core.data.registry import make_dataset
-    from icm_core.evaluation.evaluate import evaluate
-    from icm_core.training.checkpoint import load_checkpoint, load_config_file
+def _point(run: Path, cfg, m: dict) -> Curve:
+    return Curve(str(run), m["task"], m["metric"], bool(m["higher_is_better"]), [m["bpp"]],
+                 [m["value"]], "learned", points=[{"run": str(run), "lmbda": cfg.lmbda}],
+                 settings=run_settings(cfg), bpp_estimated=[m["bpp_estimated"]],
+                 images=m["images"])
 
+
+def run_points(run: str | Path, *, max_images: int | None = None, device: str = "cpu",
+               cache: bool = True) -> list[Curve]:
+    """Every task's RA point of one run folder (its newest checkpoint), cached: one one-point
+    curve per task, named by the run folder."""
     run = Path(run)
     ckpt = resolve_checkpoint_dir(run)
     cfg = load_config_file(ckpt)
@@ -53,36 +53,39 @@ def run_points(run: str | Path, *, max_images: int | None = None, device: str = 
         cached = {}  # a damaged cache is only a cache
     keys = {t: f"{t}:{_fingerprint(ckpt, t)}:{max_images}:{cfg.data.val_length}:{cfg.data.size}"
             for t in cfg.tasks}
-    points, model, dataset = [], None, None
+    points, model, dataset, wrote = [], None, None, False
     for task, key in keys.items():
-        if key in cached:
-            points.append(RAPoint(**cached[key]))
+        entry = cached.get(key)
+        if isinstance(entry, dict) and all(k in entry for k in _MEASURED):
+            points.append(_point(run, cfg, entry))
             continue
         if model is None:
             model, _ = load_checkpoint(ckpt, device)
             dataset = make_dataset(model.cfg.data, "val", model.tasks)
         r = evaluate(model, dataset, task, max_images=max_images, device=device, per_image=False)
-        p = RAPoint(str(run), r.task, r.metric, r.value, r.higher_is_better, r.bpp,
-                    r.bpp_estimated, r.images, cfg.lmbda, _settings(cfg))
-        cached[key] = asdict(p)
-        points.append(p)
-    if cache and model is not None:
+        cached[key] = {"task": r.task, "metric": r.metric, "value": r.value,
+                       "higher_is_better": r.higher_is_better, "bpp": r.bpp,
+                       "bpp_estimated": r.bpp_estimated, "images": r.images}
+        points.append(_point(run, cfg, cached[key]))
+        wrote = True
+    if cache and wrote:
         write_text(store, json.dumps(cached, indent=1))
     return points
 
 
 def ra_curves(runs, *, max_images: int | None = None, device: str = "cpu",
-              cache: bool = True) -> dict[str, list[RAPoint]]:
-    """Run folders -> {task: points sorted by rate}; folders without a checkpoint are refused."""
-    curves: dict[str, list[RAPoint]] = {}
+              cache: bool = True) -> dict[str, list[Curve]]:
+    """Run folders -> {task: curves}, one curve per configuration (its runs differ only in
+    lambda), points by rate; folders without a checkpoint are refused."""
+    points: list[Curve] = []
     for run in runs:
         if not Path(run).is_dir():
             raise ConfigError(f"{str(run)!r} is not a run folder")
-        for p in run_points(run, max_images=max_images, device=device, cache=cache):
-            curves.setdefault(p.task, []).append(p)
-    for pts in curves.values():
-        pts.sort(key=lambda p: (p.bpp if p.bpp is not None else float("inf"), p.lmbda))
+        points += run_points(run, max_images=max_images, device=device, cache=cache)
+    curves: dict[str, list[Curve]] = {}
+    for c in group_runs(points):
+        curves.setdefault(c.task, []).append(c)
     return curves
 
 
-__all__ = ["RAPoint", "run_points", "ra_curves"]
+__all__ = ["run_points", "ra_curves", "CACHE"]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from icm_core.data.images import image_to_uint8
 from icm_core.tasks.registry import IGNORE_INDEX, get_task
 
 
@@ -71,12 +72,6 @@ def colorize(task: str, value, *, vmin: float | None = None, vmax: float | None 
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def image_to_uint8(image) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
-    a = _as_numpy(image)
-    return (a.transpose(1, 2, 0).clip(0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def sample_grid(samples: list[dict], tasks, *, cell: int | None = None) -> Image.Image:
     """A labelled grid: one row per sample, columns RGB then each task's label."""
     cols = ["image", *tasks]
@@ -99,20 +94,6 @@ def heatmap(values, *, vmax: float | None = None) -> np.ndarray:
     a = _as_numpy(values).astype(np.float64)
     top = vmax if vmax is not None else (a.max() if a.size and a.max() > 0 else 1.0)
     return _turbo_like(a / max(top, 1e-12))
-
-
-def ra_figure(curves: dict[str, tuple[list, list]], metric: str, title: str = ""):
-    """Rate-accuracy curves: name -> (bpp list, metric list), one plotly line per name."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, (bpp, acc) in curves.items():
-        order = np.argsort(bpp)
-        fig.add_trace(go.Scatter(x=np.asarray(bpp)[order], y=np.asarray(acc)[order], mode="lines+markers",
-                                 name=name))
-    fig.update_layout(title=title, xaxis_title="bits per pixel", yaxis_title=metric,
-                      template="plotly_white", width=720, height=460)
-    return fig
 
 
 def prediction_panel(image, target, prediction, bit_map, task: str) -> Image.Image:

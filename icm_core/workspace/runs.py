@@ -21,7 +21,7 @@ from pathlib import Path
 
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError, ICMError
-from icm_core.models.adapters import get_adapter_kind
+from icm_core.evaluation.results import run_settings
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
 from icm_core.workspace.queue import STATE_FILE
 
@@ -66,25 +66,6 @@ class RunInfo:
 class Skipped:
     path: Path
     reason: str
-
-
-def settings_of(cfg: ExperimentConfig) -> dict:
-    """The settings a researcher tells runs apart by (the Runs table's columns)."""
-    a = cfg.adapter
-    low_rank = get_adapter_kind(a.mode).low_rank
-    from icm_core.models.backbone import weights_source
-
-    try:
-        source = weights_source(cfg.backbone)
-    except ICMError:
-        source = str(cfg.backbone.weights)
-    return {"tasks": list(cfg.tasks), "adapter": a.mode, "rank": a.rank if low_rank else None,
-            "alpha": a.alpha if low_rank else None,
-            "targets": list(a.targets) if low_rank else None, "lmbda": cfg.lmbda,
-            "compression": cfg.model.compression, "decoder": cfg.model.decoder,
-            "inter_sup": cfg.model.inter_sup, "backbone": cfg.backbone.name,
-            "weights_source": source, "steps": cfg.train.max_steps, "size": list(cfg.data.size),
-            "dataset": cfg.data.name}
 
 
 def _is_run(d: Path) -> bool:
@@ -183,7 +164,7 @@ def read_run(path: str | Path, workspace: str | Path | None = None,
     else:
         status = "empty"
     return RunInfo(name, path, status, steps, ckpt_step, max_steps,
-                   settings_of(cfg) if cfg is not None else {}, _final_results(evals, max_steps),
+                   run_settings(cfg) if cfg is not None else {}, _final_results(evals, max_steps),
                    note, cfg)
 
 
@@ -267,5 +248,5 @@ def export_run(workspace: str | Path, path: str | Path, dest: str | Path, fmt: s
     return final
 
 
-__all__ = ["RunInfo", "Skipped", "TaskResult", "STATUSES", "settings_of", "read_run", "list_runs",
+__all__ = ["RunInfo", "Skipped", "TaskResult", "STATUSES", "read_run", "list_runs",
            "delete_run", "export_run"]
