@@ -92,7 +92,8 @@ def _curve(codec, model, images, targets, ladder: list[int]) -> list[dict]:
     """Real bytes per image and mIoU of the decoded images at each quality."""
     rows = []
     for q in ladder:
-        bpp, decoded, _, _ = code_images(codec, images, q, 1.0)
+        coded = code_images(codec, images, q, 1.0)
+        bpp, decoded = coded.bpp, coded.decoded
         pixels = images[0].size[0] * images[0].size[1]
         rows.append({"quality": q, "bpp": bpp, "bytes_per_image": bpp * pixels / 8,
                      "miou": score(model, TASK, decoded, targets)[0]})

@@ -10,7 +10,8 @@ from torch import nn
 from icm_core.config import schema as C
 from icm_core.errors import ConfigError
 from icm_core.evaluation.cost import storage
-from icm_core.evaluation.results import _base_label
+from icm_core.evaluation.results import run_label as _base_label
+from icm_core.evaluation.results import run_settings as settings_of
 from icm_core.inspection import dora
 from icm_core.models import adapters as ad
 from icm_core.models.adapters import ADAPTER_KINDS, AdapterKind, get_adapter_kind
@@ -18,7 +19,6 @@ from icm_core.models.backbone import Backbone
 from icm_core.models.icm import build_model
 from icm_core.studies.ablation import config_label, expand_grid
 from icm_core.training.checkpoint import adapter_signature
-from icm_core.workspace.runs import settings_of
 from tests.helpers import TINY, tiny_config
 from widgets.setup import SetupPanel
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from icm_core.baselines.classical import codecs_help
 from icm_core.cli.hydra_app import pretrain_app, train_app
+from icm_core.config import load_config
 from icm_core.data.check import check_dataset
 from icm_core.data.registry import dataset_names
 from icm_core.errors import ConfigError, ICMError
@@ -107,15 +108,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def split_overrides(words) -> tuple[list[str], list[str]]:
+    """Command-line words -> (paths, ``key=value`` overrides); an existing path with '=' in its
+    name stays a path."""
+    paths, overrides = [], []
+    for w in words:
+        (overrides if "=" in w and not Path(w).exists() else paths).append(w)
+    return paths, overrides
+
+
 def _cmd_compare(args) -> int:
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]
     except ValueError as e:
         raise ConfigError(f"--scales {args.scales!r}: give numbers in (0, 1], e.g. 1,0.5,0.25") from e
     codecs = None if args.codecs is None else args.codecs.split(",")
-    result = compare(args.runs, args.baseline or (), codecs=codecs, scales=scales,
-                     ladder=args.ladder, preprocessor=args.preprocessor, images=args.images,
-                     size=args.size, out=args.out,
+    runs, overrides = split_overrides([*args.runs, *(args.baseline or ())])
+    bad = [o for o in overrides if not o.startswith("data")]
+    if bad:
+        raise ConfigError(f"icm compare takes data=... overrides only (the held-out images); "
+                          f"got {bad}")
+    baseline = [r for r in runs if r in (args.baseline or ())]
+    data = load_config(overrides).data if overrides else None
+    result = compare([r for r in runs if r not in baseline], baseline, codecs=codecs,
+                     scales=scales, ladder=args.ladder, preprocessor=args.preprocessor,
+                     images=args.images, size=args.size, out=args.out, split=args.split,
+                     seed=args.seed, data=data,
                      metric_options=({"boundary": {"n_thresholds": args.boundary_thresholds}}
                                      if args.boundary_thresholds else None))
     print(f"wrote {result.out}: <method>-<task>.json, bd_rate.csv, ra-<task>.html, complexity.csv")
@@ -173,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="the learned codec against classical codecs (+ baseline, "
                          "+ pre-processor) on the same held-out scenes: JSON, BD-rates, plots")
     cmp.add_argument("runs", nargs="+", help="learned-codec run folders (one per lambda), or "
-                     "folders of them (e.g. icm demo's output)")
+                     "folders of them (e.g. icm demo's output); data=... overrides pick real "
+                     "held-out images (data=nyud data.root=DIR, data=folder data.root=PHOTOS)")
     cmp.add_argument("--baseline", nargs="+", default=None, help="uncompressed run folders "
                      "(model.compression=false), one per task: decoded images are fed to them")
     cmp.add_argument("--codecs", default=None, help=codecs_help())
@@ -183,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "every quality of its ladder")
     cmp.add_argument("--preprocessor", default="none", help="none, train (one per task against "
                      "its frozen baseline, saved in --out) or a saved pre-processor file/folder")
-    cmp.add_argument("--images", type=int, default=16, help="held-out synthetic test scenes")
+    cmp.add_argument("--images", type=int, default=16, help="how many held-out images")
+    cmp.add_argument("--split", choices=("test", "val"), default="test", help="test: report on "
+                     "scenes nothing chose anything on; val: make choices (lambdas, thresholds)")
+    cmp.add_argument("--seed", type=int, default=0, help="seed of the held-out synthetic scenes "
+                     "(another seed, other scenes; the same for every method)")
     cmp.add_argument("--size", type=int, default=256, help="side of the square test scenes (px)")
     cmp.add_argument("--out", default="compare_out", help="output folder")
     cmp.add_argument("--boundary-thresholds", type=int, default=None,

@@ -30,6 +30,7 @@ class ImageRecord:
     bytes: int | None  # real stream length; None without compression or real bitstreams
     bits_estimated: float | None  # y + z from the entropy model; None without compression
     metric: float | None  # the task metric of this image alone (None: not computed)
+    header_bytes: int | None = None  # the stream's container header (+CRC): bytes - payload
 
     @property
     def bpp(self) -> float | None:
@@ -38,6 +39,11 @@ class ImageRecord:
     @property
     def bpp_estimated(self) -> float | None:
         return None if self.bits_estimated is None else self.bits_estimated / (self.height * self.width)
+
+    @property
+    def payload_bytes(self) -> int | None:
+        """The coded sections without the container header (rate ``payload``)."""
+        return None if self.bytes is None else self.bytes - (self.header_bytes or 0)
 
 
 @dataclass
@@ -52,12 +58,14 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
     records: list[ImageRecord] = field(default_factory=list)
     cancelled: bool = False  # stopped early: the numbers cover ``images`` images only
+    bpp_payload: float | None = None  # real bytes less each stream's container header
 
     def summary(self) -> dict:
         """Plain values (JSON-ready), without the per-image records."""
         return {"task": self.task, "metric": self.metric, "value": self.value, "bpp": self.bpp,
                 "bpp_estimated": self.bpp_estimated, "images": self.images,
-                "higher_is_better": self.higher_is_better, "cancelled": self.cancelled}
+                "higher_is_better": self.higher_is_better, "cancelled": self.cancelled,
+                "bpp_payload": self.bpp_payload}
 
 
 @torch.no_grad()
@@ -92,9 +100,10 @@ def evaluate(model, dataset, task: str | None = None, *, max_images: int | None 
         if real:
             enc = coder.encode(model, image, task=task)  # the encoder runs once: stream + estimate
             pred, nbytes, est = coder.decode(model, enc).prediction, len(enc), enc.bits_estimated
+            header = enc.sections.header
         else:
             out = model.predict(image, task=task)
-            pred, nbytes = out.prediction, None
+            pred, nbytes, header = out.prediction, None, None
             est = float(out.total_bits.sum()) if comp else None
         pred = spec.activate(pred.float()).cpu()
         metric.update(pred, target)
@@ -103,14 +112,15 @@ def evaluate(model, dataset, task: str | None = None, *, max_images: int | None 
             alone = make_metric(task, dataset=model.dataset, **options)
             alone.update(pred, target)
             score = alone.compute()
-        records.append(ImageRecord(i, int(H), int(W), nbytes, est, score))
+        records.append(ImageRecord(i, int(H), int(W), nbytes, est, score, header))
         if progress is not None:
             progress(len(records), n)
     pixels = sum(r.height * r.width for r in records) or 1
     bpp = sum(8 * r.bytes for r in records) / pixels if real else None
+    payload = sum(8 * r.payload_bytes for r in records) / pixels if real else None
     bpp_est = sum(r.bits_estimated for r in records) / pixels if comp else None
     value = metric.compute() if records else float("nan")
     return EvalResult(task, spec.metric, value, bpp, bpp_est, len(records), spec.higher_is_better,
-                      records=records, cancelled=len(records) < n)
+                      records=records, cancelled=len(records) < n, bpp_payload=payload)
 
 

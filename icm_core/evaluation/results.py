@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from icm_core.config.schema import ExperimentConfig
@@ -33,8 +33,13 @@ from icm_core.tasks.registry import get_task
 
 ENVELOPE = "best-classical"
 PREPROC_ENVELOPE = "best-preproc"
-BD_COLUMNS = ("task", "method", "anchor", "bd_rate_percent", "metric_lo", "metric_hi", "reason")
+BD_COLUMNS = ("task", "method", "anchor", "rate", "bd_rate_percent", "metric_lo", "metric_hi",
+              "reason")
 NO_RATE = "a curve without compression has no rate"
+RATES = ("file", "payload")
+"""How a rate is counted: ``file``, every byte a user stores; ``payload``, the coded bitstream
+without container or metadata bytes (a learned stream less its header, a JPEG in abbreviated
+form, the AV1 OBUs of an AVIF...: ``icm_core.baselines.payload``)."""
 CSV_COLUMNS = ("task", "metric", "value", "bpp", "bpp_estimated", "images")
 
 
@@ -104,6 +109,8 @@ class Curve:
     source: str = ""
     bpp_estimated: list | None = None
     images: int | None = None
+    bpp_payload: list | None = None  # the same points' rates without container bytes
+    rate: str = "file"  # what ``bpp`` counts: every byte stored, or the payload (``at_rate``)
 
     @property
     def texts(self) -> list[str]:
@@ -128,19 +135,37 @@ class Curve:
         return Curve(self.name, self.task, self.metric, self.higher_is_better, pick(self.bpp),
                      pick(self.values), self.kind, self.description, self.uncompressed,
                      pick(self.points), dict(self.settings), self.source,
-                     pick(self.bpp_estimated), self.images)
+                     pick(self.bpp_estimated), self.images, pick(self.bpp_payload), self.rate)
+
+    def at_rate(self, rate: str) -> Curve:
+        """The same curve with ``bpp`` counting ``rate``: ``file`` (every byte a user stores)
+        or ``payload`` (the coded bitstream without container or metadata bytes)."""
+        if rate not in RATES:
+            raise ConfigError(f"rate={rate!r}; choose one of {list(RATES)}")
+        if rate == self.rate:
+            return self
+        if rate == "payload" and self.bpp_payload is None:
+            raise ConfigError(f"curve {self.name!r} ({self.task}) has no payload rates; "
+                              "it was written before they were counted, or by another tool")
+        if rate == "file" and self.rate == "payload":
+            raise ConfigError(f"curve {self.name!r} counts only the payload")
+        c = replace(self, bpp=list(self.bpp_payload), rate="payload")
+        return c.sorted()
 
     def to_json(self) -> dict:
         """CompressAI's layout (``results: {bpp, <metric>}``), points by rate, plus what a
         reader needs; ``bpp_estimated`` and ``images`` only when known."""
         c = self.sorted()
         results = {"bpp": c.bpp}
+        if c.bpp_payload is not None and c.rate == "file":
+            results["bpp_payload"] = c.bpp_payload
         if c.bpp_estimated is not None:
             results["bpp_estimated"] = c.bpp_estimated
         results[c.metric] = c.values
         doc = {"name": c.name, "description": c.description, "task": c.task,
                "metric": c.metric, "higher_is_better": c.higher_is_better, "kind": c.kind,
-               "uncompressed": c.uncompressed, "results": results, "points": c.points}
+               "uncompressed": c.uncompressed, "rate": c.rate, "results": results,
+               "points": c.points}
         if c.images is not None:
             doc["images"] = c.images
         if c.settings:
@@ -161,7 +186,8 @@ def eval_curve(name: str, description: str, results: Sequence[EvalResult], *,
     return Curve(name, r0.task, r0.metric, r0.higher_is_better, [r.bpp for r in results],
                  [r.value for r in results], kind, description,
                  points=list(points) if points is not None else [],
-                 bpp_estimated=[r.bpp_estimated for r in results], images=r0.images)
+                 bpp_estimated=[r.bpp_estimated for r in results], images=r0.images,
+                 bpp_payload=[r.bpp_payload for r in results])
 
 
 def load_results(path: str | Path, metric: str | None = None) -> Curve:
@@ -183,7 +209,7 @@ def load_results(path: str | Path, metric: str | None = None) -> Curve:
     if not isinstance(res, dict) or not isinstance(res.get("bpp"), list):
         raise ConfigError(f"{str(path)!r} has no 'results': {{'bpp': [...], <metric>: [...]}} "
                           "(CompressAI's layout)")
-    metrics = [k for k in res if k not in ("bpp", "bpp_estimated")]
+    metrics = [k for k in res if k not in ("bpp", "bpp_estimated", "bpp_payload")]
     metric = metric or doc.get("metric") or (metrics[0] if len(metrics) == 1 else None)
     if metric not in res:
         raise ConfigError(f"{str(path)!r}: metric {metric!r} is not in its results; choose one "
@@ -197,12 +223,16 @@ def load_results(path: str | Path, metric: str | None = None) -> Curve:
         hib = get_task(task).higher_is_better if task else True
     points = doc.get("points") or []
     est = res.get("bpp_estimated")
+    pay = res.get("bpp_payload")
     return Curve(str(doc.get("name", path.stem)), task, metric, bool(hib),
                  [None if b is None else float(b) for b in bpp], [float(v) for v in values],
                  doc.get("kind", ""), doc.get("description", ""), doc.get("uncompressed"),
                  points if len(points) == len(bpp) else [], doc.get("settings") or {}, str(path),
                  est if isinstance(est, list) and len(est) == len(bpp) else None,
-                 doc.get("images")).sorted()
+                 doc.get("images"),
+                 [None if b is None else float(b) for b in pay]
+                 if isinstance(pay, list) and len(pay) == len(bpp) else None,
+                 doc.get("rate", "file") if doc.get("rate") in RATES else "file").sorted()
 
 
 def results_csv(curve: Curve) -> str:
@@ -286,8 +316,11 @@ def envelope(curves: Sequence[Curve], description: str = "", kind: str = "classi
     c0 = members[0]
     rates, values = pareto_front([b for c in members for b in c.bpp],
                                  [v for c in members for v in c.values], c0.higher_is_better)
+    if any(c.rate != c0.rate for c in members):
+        raise ConfigError(f"envelope of {name!r}: its curves count rates differently "
+                          f"({sorted({c.rate for c in members})}); take at_rate() of each first")
     return Curve(name, c0.task, c0.metric, c0.higher_is_better, rates, values, "envelope",
-                 description, c0.uncompressed)
+                 description, c0.uncompressed, rate=c0.rate)
 
 
 def bd_rows(curves: Sequence[Curve], anchors: Sequence[Curve]) -> list[dict]:
@@ -303,17 +336,20 @@ def bd_rows(curves: Sequence[Curve], anchors: Sequence[Curve]) -> list[dict]:
         refs = [a for a in anchors if a.task == task]
         for m in (c for c in curves if c.task == task):
             for a in refs:
-                if a is m:
+                if a is m or a.name == m.name:
                     continue
+                if a.rate != m.rate:
+                    raise ConfigError(f"BD-rate of {m.name!r} ({m.rate} rate) against {a.name!r} "
+                                      f"({a.rate} rate): count both the same way (at_rate)")
                 if any(b is None for b in (*a.bpp, *m.bpp)):
                     rows.append({"task": task, "method": m.name, "anchor": a.name,
-                                 "bd_rate_percent": None, "metric_lo": None, "metric_hi": None,
-                                 "reason": NO_RATE})
+                                 "rate": m.rate, "bd_rate_percent": None, "metric_lo": None,
+                                 "metric_hi": None, "reason": NO_RATE})
                     continue
                 r = bd_rate((list(a.bpp), list(a.values)), (list(m.bpp), list(m.values)),
                             m.higher_is_better)
                 lo, hi = r.metric_range or (None, None)
-                rows.append({"task": task, "method": m.name, "anchor": a.name,
+                rows.append({"task": task, "method": m.name, "anchor": a.name, "rate": m.rate,
                              "bd_rate_percent": r.value, "metric_lo": lo, "metric_hi": hi,
                              "reason": r.reason or ""})
     return rows
@@ -321,4 +357,4 @@ def bd_rows(curves: Sequence[Curve], anchors: Sequence[Curve]) -> list[dict]:
 
 __all__ = ["Curve", "run_settings", "sweep_key", "config_label", "run_label", "eval_curve", "load_results",
            "results_csv", "write_results", "group_runs", "envelope", "bd_rows", "BD_COLUMNS",
-           "ENVELOPE", "PREPROC_ENVELOPE"]
+           "ENVELOPE", "PREPROC_ENVELOPE", "RATES"]

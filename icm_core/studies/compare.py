@@ -56,7 +56,7 @@ from icm_core.baselines.classical import (
 from icm_core.codec import coder
 from icm_core.data.held_out import HeldOut
 from icm_core.data.registry import make_dataset
-from icm_core.errors import ConfigError, DatasetError
+from icm_core.errors import ConfigError
 from icm_core.evaluation.cost import count_flops, model_flops, model_parameters
 from icm_core.evaluation.evaluate import evaluate
 from icm_core.evaluation.results import (
@@ -67,7 +67,7 @@ from icm_core.evaluation.results import (
     bd_rows,
     envelope,
 )
-from icm_core.evaluation.score import code_images, score
+from icm_core.evaluation.score import code_images, reference_targets, score
 from icm_core.files import atomic_path, write_text
 from icm_core.tasks.registry import get_task
 from icm_core.training.checkpoint import has_checkpoint, load_checkpoint
@@ -114,9 +114,6 @@ def _load_run(run: Path, compression: bool, what: str):
                 if compression else "it compresses (model.compression=true): give it as a RUN, "
                 "and as --baseline a run trained with model.compression=false")
         raise ConfigError(f"{what} {str(run)!r}: {hint}")
-    if model.dataset != "synthetic":
-        raise DatasetError(f"{what} {str(run)!r} was trained on {model.dataset!r}; the held-out "
-                           "comparison runs on synthetic scenes only in this version")
     return model.eval(), ckpt
 
 
@@ -224,7 +221,7 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
 
 
 def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log,
-                    options: dict):
+                    options: dict, targets: dict):
     """(task, [Curve], [Complexity]) of the learned codec: one curve per configuration name,
     one point per run, scored through real streams."""
     found = []
@@ -239,7 +236,7 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
                 continue
             pts = []
             for r, m in rows:
-                res = evaluate(m, ds, task, per_image=False,
+                res = evaluate(m, ds.with_targets(task, targets[task]), task, per_image=False,
                                metric_options=options.get(task))
                 pts.append((res, r, m))
             spec = get_task(task)
@@ -249,7 +246,8 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
             curve = Curve(
                 name, task, spec.metric, spec.higher_is_better, [p[0].bpp for p in pts],
                 [p[0].value for p in pts], "learned", desc, refs.get(task),
-                [{"run": str(r), "lmbda": m.cfg.lmbda} for _, r, m in pts])
+                [{"run": str(r), "lmbda": m.cfg.lmbda} for _, r, m in pts],
+                bpp_payload=[p[0].bpp_payload for p in pts])
             log(f"{task}: {name} at {len(pts)} lambda(s) evaluated through real streams")
             mid = rows[len(rows) // 2]
             found.append((task, [curve], [_learned_complexity(task, name, mid[0], mid[1], ds,
@@ -257,8 +255,19 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
     return found
 
 
+def _codec_point(codec: str, quality: int, scale: float, coded) -> dict:
+    """What one classical point was: codec, quality, scale, and the exact encoder command and
+    version when the codec runs an external encoder (VVC)."""
+    point = {"codec": codec, "quality": quality, "scale": scale}
+    if coded.encoder_command:
+        point["encoder_command"] = list(coded.encoder_command)
+    if coded.encoder_version:
+        point["encoder_version"] = coded.encoder_version
+    return point
+
+
 def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds: HeldOut,
-                     refs: dict, where: str, flops: bool, log, options: dict):
+                     refs: dict, targets: dict, where: str, flops: bool, log, options: dict):
     """(task, [Curve], [Complexity]) of every classical and pre-processor pipeline (codec at
     one scale), each point scored by the task's uncompressed baseline."""
     found = []
@@ -277,13 +286,13 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
                 enc_all: list[float] = []
                 dec_all: dict[str, list] = {t: [] for t in tasks_here}
                 for q in qs:
-                    rate, decoded, enc, dec = code_images(codec, imgs, q, s)
-                    enc_all += [a + b for a, b in zip(pre_s, enc)]
+                    coded = code_images(codec, imgs, q, s)
+                    enc_all += [a + b for a, b in zip(pre_s, coded.encode_seconds)]
                     for task in tasks_here:
-                        value, net = score(base[task][0], task, decoded,
-                                           [x[task] for x in ds.samples], options.get(task))
-                        pts[task].append((q, rate, value))
-                        dec_all[task] += [a + b for a, b in zip(dec, net)]
+                        value, net = score(base[task][0], task, coded.decoded,
+                                           targets[task], options.get(task))
+                        pts[task].append((q, coded, value))
+                        dec_all[task] += [a + b for a, b in zip(coded.decode_seconds, net)]
                 name = _pipeline(codec.name, s, prefix)
                 for task in tasks_here:
                     spec = get_task(task)
@@ -292,9 +301,10 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
                             f"to the uncompressed baseline {base[task][1].parent}, {where}")
                     curve = Curve(
                         name, task, spec.metric, spec.higher_is_better,
-                        [p[1] for p in pts[task]], [p[2] for p in pts[task]],
+                        [p[1].bpp for p in pts[task]], [p[2] for p in pts[task]],
                         "preproc" if prefix else "classical", desc, refs[task],
-                        [{"codec": codec.name, "quality": p[0], "scale": s} for p in pts[task]])
+                        [_codec_point(codec.name, p[0], s, p[1]) for p in pts[task]],
+                        bpp_payload=[p[1].bpp_payload for p in pts[task]])
                     found.append((task, [curve], [_pipeline_complexity(
                         task, name, base[task][0], pps.get(task) if prefix else None, enc_all,
                         dec_all[task], base_flops[task], pp_flops.get(task))]))
@@ -308,7 +318,8 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
             ladder: str = "small", preprocessor: str = "none", preprocessor_config=None,
             images: int = 16, size: int = 256, out: str | Path = "compare_out",
             flops: bool = True, log: Callable[[str], None] = print,
-            metric_options: dict[str, dict] | None = None) -> Comparison:
+            metric_options: dict[str, dict] | None = None, split: str = "test",
+            seed: int = 0, data=None) -> Comparison:
     """Score every method on the same held-out scenes and write the files listed above.
 
     Args:
@@ -321,7 +332,15 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
             ``out``) or the path of a saved pre-processor (used for every task), or a folder
             of ``preproc-<task>.safetensors`` files (what ``train`` writes).
         preprocessor_config: ``PreprocessorConfig`` for ``train`` (default: its defaults).
-        images, size: the first ``images`` test scenes, ``size`` x ``size`` pixels.
+        images, size: the first ``images`` held-out images of ``split``, ``size`` x ``size``
+            pixels (synthetic scenes are rendered at that size; photos are fitted and padded).
+        split: ``test`` (report on it: nothing chose anything on it) or ``val`` (make choices
+            on it: lambdas, thresholds, the pre-processor's lambda).
+        seed: the held-out scenes' seed: another seed, other scenes, the same for every method.
+        data: a ``DataConfig`` of real images (``data=nyud``, ``pascal``, ``hf`` or ``folder``);
+            default: the synthetic scenes. Without labels (a folder of photos) every method is
+            scored by its fidelity to the uncompressed baseline: the baseline's predictions on
+            the original images are the reference.
         flops: count FLOPs for the complexity table (a few forward passes).
         log: where progress and skipped pipelines are reported.
         metric_options: per task, options of its metric for every method alike (e.g.
@@ -363,48 +382,59 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
                           f"tasks {tasks}; train one per task with model.compression=false "
                           "(e.g. icm train experiment=quick task=... model.compression=false)")
     base = {t: v for t, v in base.items() if t in tasks}
-    ds = HeldOut(images, size, tasks)
-    where = f"{len(ds)} held-out synthetic test scenes at {ds.size[1]}x{ds.size[0]}"
+    ds = HeldOut(images, size, tasks, split=split, seed=seed, data=data)
+    where = ds.describe()
+    log(f"held-out images: {where}")
     pps = _preprocessors(preprocessor, base, out, preprocessor_config, log)
 
     curves: dict[str, list[Curve]] = {t: [] for t in tasks}
     cplx: list[Complexity] = []
     refs: dict[str, float] = {}
     options = {get_task(t).name: dict(o) for t, o in (metric_options or {}).items()}
+    targets = {t: reference_targets(ds, t, base[t][0] if t in base else None) for t in tasks}
+    if not ds.labelled:
+        log("no labels: every method is scored by its fidelity to the uncompressed baseline "
+            "(its predictions on the original images are the reference)")
     for task, (model, _) in base.items():
-        refs[task], _ = score(model, task, [s["image"] for s in ds.samples],
-                              [s[task] for s in ds.samples], options.get(task))
+        refs[task], _ = score(model, task, [s["image"] for s in ds.samples], targets[task],
+                              options.get(task))
         log(f"{task}: uncompressed baseline {get_task(task).metric} = {refs[task]:.4f}")
 
     for task, curves_, cplx_ in (*_learned_curves(learned, tasks, ds, refs, where, flops, log,
-                                                  options),
+                                                  options, targets),
                                  *_pipeline_curves(codec_objs, scales, ladder, base, pps, ds,
-                                                   refs, where, flops, log, options)):
+                                                   refs, targets, where, flops, log, options)):
         curves[task] += curves_
         cplx += cplx_
 
     rows: list[dict] = []
     for task in tasks:
-        env = envelope(curves[task], f"Pareto envelope of every classical pipeline (any codec, "
-                       f"any scale) + baseline, {where}")
-        if env is not None:
-            curves[task].append(env)
-            pp_env = envelope(curves[task], f"Pareto envelope of every pre-processor + codec "
-                              f"pipeline (any codec, any scale) + baseline, {where}", "preproc",
-                              PREPROC_ENVELOPE)
+        methods = list(curves[task])
+        for rate in ("payload", "file"):  # payload first: BD-rates between codecs use it
+            at = [c.at_rate(rate) for c in methods if rate == "file" or c.bpp_payload is not None]
+            counted = "payload (no container bytes)" if rate == "payload" else "file"
+            env = envelope(at, f"Pareto envelope of every classical pipeline (any codec, any "
+                           f"scale) + baseline, {counted} rate, {where}")
+            if env is None:
+                continue
+            at.append(env)
+            pp_env = envelope(at, f"Pareto envelope of every pre-processor + codec pipeline "
+                              f"(any codec, any scale) + baseline, {counted} rate, {where}",
+                              "preproc", PREPROC_ENVELOPE)
             if pp_env is not None:
-                curves[task].append(pp_env)
-            rows += bd_rows(curves[task], [c for c in curves[task] if c.kind in ANCHOR_KINDS])
+                at.append(pp_env)
+            curves[task] += [env] + ([pp_env] if pp_env is not None else [])
+            rows += bd_rows(at, [c for c in at if c.kind in ANCHOR_KINDS])
     result = Comparison(curves, rows, cplx, skipped, out)
     _write(result, where, log)
     for task in tasks:
         for row in rows:
-            if row["task"] == task and (
+            if row["task"] == task and row["rate"] == "payload" and (
                     (row["anchor"] == ENVELOPE and row["method"].startswith(
                         ("learned", "preproc+", PREPROC_ENVELOPE)))
                     or (row["anchor"] == PREPROC_ENVELOPE and row["method"].startswith("learned"))):
                 v = row["bd_rate_percent"]
-                log(f"{task}: BD-rate of {row['method']} vs {row['anchor']}: "
+                log(f"{task}: BD-rate (payload rate) of {row['method']} vs {row['anchor']}: "
                     f"{'n/a (' + row['reason'] + ')' if v is None else f'{v:+.1f} %'}")
     return result
 
@@ -475,10 +505,14 @@ def _write(result: Comparison, where: str, log) -> None:
     out = result.out
     for task, curves in result.curves.items():
         for c in curves:
-            write_text(out / f"{c.name}-{task}.json", json.dumps(c.to_json(), indent=2))
+            tail = "" if c.rate == "file" else f"-{c.rate}"  # an envelope counted both ways
+            write_text(out / f"{c.name}-{task}{tail}.json", json.dumps(c.to_json(), indent=2))
         if not curves:
             continue
-        fig = comparison_figure(curves, f"{task}: {where}")
+        shown = [c if c.rate == "payload" else c.at_rate("payload") for c in curves
+                 if c.rate == "payload" or (c.kind != "envelope" and c.bpp_payload is not None)]
+        shown = shown or curves
+        fig = comparison_figure(shown, f"{task} ({shown[0].rate} rate): {where}")
         write_text(out / f"ra-{task}.html", fig.to_html(include_plotlyjs=True))
         if importlib.util.find_spec("kaleido") is not None:
             with atomic_path(out / f"ra-{task}.png") as tmp:
