@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 from icm_core.files import source_hash, write_text
 
@@ -102,3 +108,26 @@ def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequen
     if log:
         log(f"  trained {run.name} in {seconds:.0f} s: {what}")
     return trainer.model, seconds, run
+
+
+def provenance() -> dict:
+    """What a committed results file says about how it was made: the command, the git commit
+    (with "+dirty" when the tree had changes), the package's source hash and the machine."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "commit": commit + ("+dirty" if dirty and commit else ""),
+            "source_hash": source_hash(),
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                        "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -78,7 +78,15 @@ def test_files_and_compressai_layout(setup):
     for name in ["learned", *CLASSICAL, *preproc, ENVELOPE, PREPROC_ENVELOPE]:
         doc = json.loads((out / f"{name}-depth.json").read_text())
         assert doc["name"] == name and doc["task"] == "depth" and doc["metric"] == "RMSE"
-        assert doc["higher_is_better"] is False and set(doc["results"]) == {"bpp", "RMSE"}
+        assert doc["higher_is_better"] is False and doc["rate"] == "file"
+        envelope_file = name in (ENVELOPE, PREPROC_ENVELOPE)
+        assert set(doc["results"]) == ({"bpp", "RMSE"} if envelope_file else
+                                       {"bpp", "bpp_payload", "RMSE"})
+        if not envelope_file:  # the payload leaves out container bytes: never more
+            assert all(p <= b for p, b in zip(doc["results"]["bpp_payload"], doc["results"]["bpp"]))
+        else:  # the envelope counted the payload way has its own file
+            pay = json.loads((out / f"{name}-depth-payload.json").read_text())
+            assert pay["rate"] == "payload" and pay["results"]["bpp"]
         bpp = doc["results"]["bpp"]
         assert len(bpp) == len(doc["results"]["RMSE"]) and bpp == sorted(bpp)
         assert doc["uncompressed"] > 0
@@ -115,13 +123,17 @@ def test_classical_rate_is_file_bits_over_original_pixels(setup):
 def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
     root, result, _ = setup
     rows = list(csv.DictReader((root / "out" / "bd_rate.csv").read_text().splitlines()))
-    assert list(rows[0]) == ["task", "method", "anchor", "bd_rate_percent", "metric_lo",
+    assert list(rows[0]) == ["task", "method", "anchor", "rate", "bd_rate_percent", "metric_lo",
                              "metric_hi", "reason"]
     methods = {c.name for c in result.curves["depth"]}
     anchors = {*CLASSICAL, ENVELOPE, *(f"preproc+{m}" for m in CLASSICAL), PREPROC_ENVELOPE}
-    pairs = {(r["method"], r["anchor"]) for r in rows}
-    assert pairs == {(m, a) for m in methods for a in anchors if m != a}
-    assert len(rows) == len(pairs) and {r["task"] for r in rows} == {"depth"}
+    triples = {(r["method"], r["anchor"], r["rate"]) for r in rows}
+    assert triples == {(m, a, rate) for m in methods for a in anchors if m != a
+                       for rate in ("file", "payload")}
+    assert len(rows) == len(triples) and {r["task"] for r in rows} == {"depth"}
+    # the payload is smaller for every codec, so the two counts give different BD-rates
+    by = {(r["method"], r["anchor"], r["rate"]): r["bd_rate_percent"] for r in rows}
+    assert by[("learned", ENVELOPE, "payload")] != by[("learned", ENVELOPE, "file")]
     for r in rows:  # a number with its accuracy range, or no number and the reason
         if r["bd_rate_percent"]:
             assert not r["reason"] and float(r["metric_lo"]) <= float(r["metric_hi"])
@@ -130,7 +142,7 @@ def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
     # the envelope: classical points that no cheaper-or-equal classical point beats
     pts = [(b, v) for n in CLASSICAL for b, v in zip(result.curve("depth", n).bpp,
                                                       result.curve("depth", n).values)]
-    env = result.curve("depth", ENVELOPE)
+    env = result.curve("depth", ENVELOPE, "file")
     for b, v in zip(env.bpp, env.values):
         assert (b, v) in pts
         assert not any(b2 <= b and v2 < v for b2, v2 in pts)  # RMSE: lower is better
@@ -139,7 +151,7 @@ def test_bd_rate_csv_has_every_method_against_every_anchor(setup):
     # best-preproc is the same envelope over the pre-processor pipelines only
     pp_pts = {(b, v) for n in CLASSICAL for b, v in zip(result.curve("depth", f"preproc+{n}").bpp,
                                                          result.curve("depth", f"preproc+{n}").values)}
-    pp_env = result.curve("depth", PREPROC_ENVELOPE)
+    pp_env = result.curve("depth", PREPROC_ENVELOPE, "file")
     assert set(zip(pp_env.bpp, pp_env.values)) <= pp_pts
     assert pp_env.kind == "envelope" and pp_env.bpp
 
@@ -301,3 +313,112 @@ def test_crowded_figures_show_the_learned_codec_and_the_envelopes():
     many += [curve(f"jpeg@{i}", "classical") for i in range(MAX_SHOWN)]
     shown = {t.name for t in comparison_figure(many).data if t.visible in (None, True)}
     assert shown == {"learned", ENVELOPE, PREPROC_ENVELOPE}
+
+
+# -- issue 21: held-out splits and seeds, rate counted two ways, photos without labels -------
+def test_held_out_split_and_seed_pick_other_scenes_the_same_for_everyone():
+    from icm_core.data.held_out import HeldOut
+
+    def images(**kw):
+        return [s["image"] for s in HeldOut(2, 32, ["depth"], **kw).samples]
+
+    test0, again = images(split="test", seed=0), images(split="test", seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(test0, again))  # same args: same scenes
+    for other in (images(split="test", seed=7), images(split="val", seed=0)):
+        assert not any(torch.equal(a, b) for a, b in zip(test0, other))
+    with pytest.raises(ConfigError, match="split='train'"):
+        HeldOut(2, 32, ["depth"], split="train")
+
+
+def test_compare_scores_every_method_on_the_seed_it_is_given(setup, tmp_path, monkeypatch):
+    """--seed reaches the held-out scenes, and the learned and classical methods see the same
+    images (the dataset compare builds once is what both are scored on)."""
+    root, _, _ = setup
+    seen = []
+    real_evaluate = cmp.evaluate
+
+    def spy(model, dataset, *a, **kw):
+        seen.append(("learned", [dataset[i]["image"] for i in range(len(dataset))]))
+        return real_evaluate(model, dataset, *a, **kw)
+
+    real_code = cmp.code_images
+
+    def spy_code(codec, images, q, s):
+        seen.append(("classical", list(images)))
+        return real_code(codec, images, q, s)
+
+    monkeypatch.setattr(cmp, "evaluate", spy)
+    monkeypatch.setattr(cmp, "code_images", spy_code)
+    compare([root / "learned"], [root / "base"], codecs=["jpeg"], scales=[1.0], images=2,
+            size=SIZE, out=tmp_path / "o", flops=False, seed=7, log=lambda s: None)
+    from icm_core.data.held_out import HeldOut
+    want = HeldOut(2, SIZE, ["depth"], seed=7)
+    learned = [x for k, x in seen if k == "learned"][0]
+    classical = [x for k, x in seen if k == "classical"][0]
+    assert all(torch.equal(a, b["image"]) for a, b in zip(learned, want.samples))
+    assert [np.asarray(im).tobytes() for im in classical] == \
+        [np.asarray(im).tobytes() for im in want.images]
+    doc = json.loads((tmp_path / "o" / "learned-depth.json").read_text())
+    assert "seed 7" in doc["description"] and "test scenes" in doc["description"]
+
+
+def test_learned_payload_is_the_stream_less_its_header(setup):
+    from icm_core.codec import coder
+    from icm_core.data.held_out import HeldOut
+
+    root, _, _ = setup
+    model, _ = load_checkpoint(root / "learned" / "lmbda-4")
+    ds = HeldOut(2, SIZE, ["depth"])
+    res = ev.evaluate(model.eval(), ds, "depth", per_image=True)
+    headers = [coder.encode(model, s["image"], "depth").sections.header for s in ds.samples]
+    assert [r.bytes - r.payload_bytes for r in res.records] == headers
+    assert res.bpp_payload == pytest.approx(res.bpp - 8 * sum(headers) / (2 * SIZE * SIZE))
+
+
+def test_curve_at_rate_and_its_json_keep_both_counts(tmp_path):
+    c = Curve("jpeg", "depth", "RMSE", False, [0.4, 0.2], [0.6, 0.7], "classical",
+              bpp_payload=[0.1, 0.05])
+    pay = c.at_rate("payload")
+    assert pay.rate == "payload" and pay.bpp == [0.05, 0.1] and pay.values == [0.7, 0.6]
+    assert c.at_rate("file") is c
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(c.to_json()))
+    back = load_results(path)
+    assert back.bpp == [0.2, 0.4] and back.bpp_payload == [0.05, 0.1] and back.rate == "file"
+    with pytest.raises(ConfigError, match="no payload rates"):
+        Curve("x", "depth", "RMSE", False, [0.1], [1.0]).at_rate("payload")
+    with pytest.raises(ConfigError, match="rate='bits'"):
+        c.at_rate("bits")
+    with pytest.raises(ConfigError, match="count both the same way"):
+        bd_rows([pay], [c])
+
+
+def test_pseudo_labels_follow_the_task_kind():
+    from icm_core.evaluation.score import pseudo_label
+
+    probs = torch.tensor([[[0.2, 0.7]], [[0.8, 0.3]]])  # (C=2, 1, 2)
+    assert pseudo_label("semseg", probs).tolist() == [[[1, 0]]]
+    assert pseudo_label("saliency", torch.tensor([[[0.4, 0.6]]])).tolist() == [[[0.0, 1.0]]]
+    depth = torch.tensor([[[1.5, 2.0]]])
+    assert torch.equal(pseudo_label("depth", depth), depth)
+
+
+def test_compare_on_a_folder_of_photos_scores_fidelity_to_the_baseline(setup, tmp_path):
+    """data=folder: no labels, so the baseline's own predictions on the originals are the
+    reference; the baseline then scores perfectly (RMSE 0) and bd_rate.csv is written."""
+    root, _, _ = setup
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(g.integers(0, 255, (48, 72, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    rc = main(["compare", str(root / "learned"), "--baseline", str(root / "base"),
+               "data=folder", f"data.root={photos}", "--codecs", "jpeg", "--scales", "1",
+               "--images", "2", "--size", str(SIZE), "--out", str(tmp_path / "o")])
+    assert rc == 0
+    rows = list(csv.DictReader((tmp_path / "o" / "bd_rate.csv").read_text().splitlines()))
+    assert {r["rate"] for r in rows} == {"file", "payload"}
+    assert any(r["method"] == "learned" and r["anchor"] == ENVELOPE for r in rows)
+    doc = json.loads((tmp_path / "o" / "learned-depth.json").read_text())
+    assert doc["uncompressed"] == pytest.approx(0.0, abs=1e-6)  # itself is the reference
+    assert "unlabelled" in doc["description"]

@@ -258,13 +258,14 @@ def write_results(path_json: str | Path, path_csv: str | Path | None, curve: Cur
 # -- curves of runs ---------------------------------------------------------------------------
 def config_label(mode: str, rank: int | None = None, targets=None) -> str:
     """'dora r8 qkv', 'full': how an adapter configuration is named in legends and run names."""
-    kind = ADAPTER_KINDS.get(mode) if isinstance(mode, str) else None  # a foreign file: its text
-    return kind.label(rank, targets) if kind else str(mode)
+    return get_adapter_kind(mode).label(rank, targets)
 
 
 def run_label(s: dict) -> str:
     """'dora r8 qkv', 'full full-dec': a curve of runs named by its settings."""
-    label = config_label(s.get("adapter", "?"), s.get("rank"), s.get("targets"))
+    mode = s.get("adapter", "?")
+    kind = ADAPTER_KINDS.get(mode) if isinstance(mode, str) else None  # a foreign file: its text
+    label = kind.label(s.get("rank"), s.get("targets")) if kind else str(mode)
     if s.get("decoder") == "full":
         label += " full-dec"
     if s.get("inter_sup") is False:

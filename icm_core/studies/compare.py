@@ -152,11 +152,12 @@ class Comparison:
     skipped: list[str]
     out: Path
 
-    def curve(self, task: str, name: str) -> Curve:
+    def curve(self, task: str, name: str, rate: str = "file") -> Curve:
+        """Method ``name``'s curve on ``task`` with its rates counted as ``rate``."""
         for c in self.curves[task]:
-            if c.name == name:
-                return c
-        raise KeyError(f"no method {name!r} for task {task!r}")
+            if c.name == name and (c.rate == rate or c.kind != "envelope"):
+                return c.at_rate(rate)
+        raise KeyError(f"no method {name!r} for task {task!r} at the {rate} rate")
 
 
 def _parse_codecs(codecs) -> list:
