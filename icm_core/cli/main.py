@@ -3,25 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from icm_core.baselines.classical import codecs_help
 from icm_core.codec import coder
+from icm_core.config import load_config
+from icm_core.config.overrides import format_override, parse_overrides
 from icm_core.config.schema import DataConfig
 from icm_core.data.check import check_dataset
 from icm_core.data.registry import dataset_names, get_dataset, make_dataset
-from icm_core.errors import ConfigError, ICMError
+from icm_core.errors import ConfigError, DatasetError, ICMError
 from icm_core.evaluation.cost import model_info
+
+
+def data_config(overrides, base: DataConfig | None = None, command: str = "icm") -> DataConfig:
+    """The ``DataConfig`` of ``data=NAME`` and ``data.KEY=VALUE`` overrides (as ``icm train``
+    reads them), on top of ``base`` (a run's data config) unless ``data=NAME`` picks another
+    dataset; any other key is refused."""
+    pairs = parse_overrides(overrides)
+    bad = [k for k, _ in pairs if k != "data" and not k.startswith("data.")]
+    if bad:
+        raise ConfigError(f"{command} takes data=NAME and data.KEY=VALUE overrides, not {bad}; "
+                          "e.g. data=nyud data.root=/data/NYUD_MT")
+    keep = [] if base is None or any(k == "data" for k, _ in pairs) else [
+        format_override(f"data.{f.name}", getattr(base, f.name))
+        for f in dataclasses.fields(DataConfig)]
+    return load_config([*keep, *overrides]).data
 
 
 def _cmd_data_preview(args) -> int:
     from icm_core.files import atomic_path
     from icm_core.viz.images import sample_grid
 
-    entry = get_dataset(args.dataset)
-    cfg = DataConfig(name=entry.name, size=[args.height, args.width], seed=args.seed,
-                     train_length=args.n, val_length=args.n, root=args.root or "", augment=False,
-                     strict=False, workers=0)
+    name = [x for x in args.spec if "=" not in x]
+    overrides = [x for x in args.spec if "=" in x]
+    if len(name) > 1:
+        raise ConfigError(f"icm data preview {' '.join(args.spec)}: name one dataset (or give "
+                          f"data=NAME); datasets are {dataset_names()}")
+    given = {k for k, _ in parse_overrides(overrides)}
+    defaults = {"data.size": [args.height or 128, args.width or 160], "data.augment": False,
+                "data.strict": False, "data.workers": 0, "data.seed": args.seed,
+                "data.train_length": args.n, "data.val_length": args.n}
+    if args.height or args.width:
+        given.discard("data.size")
+    extra = [format_override(k, v) for k, v in defaults.items() if k not in given]
+    head = [f"data.name={get_dataset(name[0]).name}"] if name else []
+    root = [format_override("data.root", args.root)] if args.root else []
+    cfg = data_config([*head, *overrides, *extra, *root], command="icm data preview")
+    entry = get_dataset(cfg.name)
     ds = make_dataset(cfg, "val" if not entry.labelled else args.split, None)
     n = min(args.n, len(ds))
     tasks = list(getattr(ds, "tasks_available", ds.tasks))
@@ -86,15 +116,26 @@ def _cmd_eval(args) -> int:
     ckpt = resolve_checkpoint_dir(args.checkpoint)
     cfg = load_config_file(ckpt)
     out = Path(args.out or ckpt.parent)
+    data = data_config(args.overrides, cfg.data, "icm eval") if args.overrides else None
+    if data is not None and not get_dataset(data.name).labelled:
+        raise DatasetError(f"icm eval scores against labels and data={data.name!r} has none; "
+                           "score fidelity to the uncompressed model with icm compare RUN "
+                           f"--baseline RUN data={data.name} data.root=...")
+    if data is not None and data.label_space != cfg.data.label_space:
+        raise ConfigError(f"{args.checkpoint} was trained on {cfg.data.label_space} labels and "
+                          f"data={data.name} has {data.label_space} labels: its classes differ; "
+                          f"evaluate on a {cfg.data.label_space} dataset")
     # the same cached points the workbench's rate-accuracy panel reads
-    for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device()):
+    for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device(),
+                        data=data):
         r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
                        p.higher_is_better)
         weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
                    "pretrained" if weights_available(cfg.backbone) else "RANDOM")
         name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
         desc = (f"{cfg.name}: {cfg.backbone.name} ({weights} weights), adapter {cfg.adapter.mode} "
-                f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {cfg.data.name} val images, "
+                f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {(data or cfg.data).name} "
+                "val images, "
                 "real bitstreams")
         write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv", name, desc, [r])
         bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
@@ -232,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
     ev.add_argument("--max-images", type=int, default=None, help="evaluate on the first N val images")
     ev.add_argument("--out", default=None, help="folder for results-<task>.json/.csv (default: the run)")
+    ev.add_argument("overrides", nargs="*", help="the data to evaluate on (default: the run's): "
+                    "data=NAME and data.KEY=VALUE, e.g. data.root=/data/NYUD_MT")
     ev.set_defaults(func=_cmd_eval)
 
     enc = sub.add_parser("encode", help="compress an image into an .icm stream")
@@ -247,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help="output folder")
     dec.set_defaults(func=_cmd_decode)
 
-    demo = sub.add_parser("demo", help="train a 3-lambda quick model on synthetic scenes, write a report")
+    demo = sub.add_parser("demo", help="train a 3-lambda quick model (synthetic scenes, or "
+                          "data=NAME data.root=DIR), write a report")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps per lambda")
     demo.add_argument("--task", default="semseg", help="semseg, depth, normals, boundary, "
@@ -256,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: the task's ladder (icm_core.studies.demo.TASK_LAMBDAS; semseg "
                       "0.25 1 4, depth 0.03 0.1 0.25)")
     demo.add_argument("overrides", nargs="*",
-                      help="config overrides on top of the quick preset, e.g. backbone=tiny_random")
+                      help="config overrides on top of the quick preset, e.g. backbone=tiny_random "
+                      "or data=nyud data.root=/data/NYUD_MT")
     demo.set_defaults(func=_cmd_demo)
 
     cmp = sub.add_parser("compare", help="the learned codec against classical codecs (+ baseline, "
@@ -287,12 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prev = data_sub.add_parser("preview", help="write a PNG grid of images and every label")
-    prev.add_argument("dataset", choices=dataset_names(aliases=True), help="which dataset")
-    prev.add_argument("--root", default=None, help="the dataset folder (real datasets)")
+    prev.add_argument("spec", nargs="+", metavar="DATASET|data=NAME data.KEY=VALUE",
+                      help=f"which dataset ({', '.join(dataset_names(aliases=True))}), by name or "
+                      "as icm train takes it: data=nyud data.root=/data/NYUD_MT")
+    prev.add_argument("--root", default=None, help="the dataset folder (real datasets; = data.root)")
     prev.add_argument("--out", default="preview.png", help="PNG file to write")
     prev.add_argument("-n", type=int, default=4, help="number of samples (rows)")
-    prev.add_argument("--height", type=int, default=128)
-    prev.add_argument("--width", type=int, default=160)
+    prev.add_argument("--height", type=int, default=None, help="default 128 (or data.size)")
+    prev.add_argument("--width", type=int, default=None, help="default 160 (or data.size)")
     prev.add_argument("--split", default="train", choices=["train", "val"])
     prev.add_argument("--seed", type=int, default=0)
     prev.set_defaults(func=_cmd_data_preview)

@@ -36,8 +36,9 @@ def _fingerprint(ckpt: Path, task: str) -> str:
 
 
 def run_points(run: str | Path, *, max_images: int | None = None, device: str = "cpu",
-               cache: bool = True) -> list[RAPoint]:
-    """Every task's RA point of one run folder (its newest checkpoint), cached."""
+               cache: bool = True, data=None) -> list[RAPoint]:
+    """Every task's RA point of one run folder (its newest checkpoint), cached; on the
+    validation split of ``data`` (a ``DataConfig``; default: the run's own)."""
     from icm_core.data.registry import make_dataset
     from icm_core.evaluation.evaluate import evaluate
     from icm_core.training.checkpoint import load_checkpoint, load_config_file
@@ -50,7 +51,9 @@ def run_points(run: str | Path, *, max_images: int | None = None, device: str = 
         cached = json.loads(store.read_text()) if cache and store.is_file() else {}
     except (OSError, json.JSONDecodeError):
         cached = {}  # a damaged cache is only a cache
-    keys = {t: f"{t}:{_fingerprint(ckpt, t)}:{max_images}:{cfg.data.val_length}:{cfg.data.size}"
+    d = cfg.data if data is None else data
+    where = "" if data is None or data == cfg.data else f":{d.name}:{d.root}:{d.layout}"
+    keys = {t: f"{t}:{_fingerprint(ckpt, t)}:{max_images}:{d.val_length}:{d.size}{where}"
             for t in cfg.tasks}
     points, model, dataset = [], None, None
     for task, key in keys.items():
@@ -59,7 +62,7 @@ def run_points(run: str | Path, *, max_images: int | None = None, device: str = 
             continue
         if model is None:
             model, _ = load_checkpoint(ckpt, device)
-            dataset = make_dataset(model.cfg.data, "val", model.tasks)
+            dataset = make_dataset(d, "val", model.tasks)
         r = evaluate(model, dataset, task, max_images=max_images, device=device, per_image=False)
         p = RAPoint(str(run), r.task, r.metric, r.value, r.higher_is_better, r.bpp,
                     r.bpp_estimated, r.images, cfg.lmbda, _settings(cfg))
