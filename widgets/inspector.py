@@ -47,8 +47,10 @@ class InspectorPanel(Panel):
         self.query: att.QueryWeights | None = None
         self._source = 0
         self._say("open a run folder or a model")
-        self.source = W.Text(value="0", description="image",
-                             placeholder="validation scene index or an image path")
+        self.source = W.Text(value="0", description="image", continuous_update=False,
+                             placeholder="a sample index of the run's dataset or a photo path",
+                             tooltip="a validation sample of the run's dataset by its index (with "
+                             "its labels), or the path of any photo (no labels: no error maps)")
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload photo")
         self.task = W.Dropdown(description="task", options=[])
         self.source.observe(lambda _: self._on_source(), names="value")
@@ -96,8 +98,10 @@ class InspectorPanel(Panel):
         self._bits_insp = None
 
     # -- opening -------------------------------------------------------------------------
-    def open(self, run_or_model) -> InspectorPanel:
-        """A run folder (its newest checkpoint), a ckpt-* folder or a live ``ICMModel``."""
+    def open(self, run_or_model, image=None) -> InspectorPanel:
+        """A run folder (its newest checkpoint), a ckpt-* folder or a live ``ICMModel``;
+        ``image``: what to show first (as ``set_image``; None: the one shown now, at first
+        validation sample 0 of the run's dataset)."""
         if isinstance(run_or_model, str | Path):
             self.run_dir = Path(run_or_model)
             self.model = ins.load_run(self.run_dir)
@@ -106,6 +110,10 @@ class InspectorPanel(Panel):
             self.model, self.run_dir, self.sweep = run_or_model, None, []
         m = self.model
         self._refreshing = True
+        if image is not None:
+            if isinstance(image, int | str | Path):
+                self.source.value = str(image)  # the box shows it (no refresh yet)
+            self._source = image
         self.task.options = list(m.tasks)
         self.task.value = m.tasks[0]
         self.task_b.options = ["-", *m.tasks]
@@ -126,7 +134,8 @@ class InspectorPanel(Panel):
         return self
 
     def set_image(self, source) -> None:
-        """A validation scene index, a path, a PIL image or a tensor (as ``resolve_image``)."""
+        """A validation sample index of the run's dataset (``data.name``, with its labels), a
+        photo's path or bytes, a PIL image or a tensor (as ``resolve_image``)."""
         self._source = source
         self.refresh()
 
@@ -149,8 +158,9 @@ class InspectorPanel(Panel):
             return
         i = self.insp
         what = str(self.run_dir) if self.run_dir else "live model"
+        labels = "" if i.source.labelled else " · no labels: error maps skipped"
         self._say(f"{what} · {i.source.name} · {i.task} · {i.bits.total_bytes} bytes, "
-                  f"{i.bits.bpp:.4f} bpp")
+                  f"{i.bits.bpp:.4f} bpp{labels}")
         self._stale = set(VIEWS)
         self._render()
 
@@ -187,7 +197,10 @@ class InspectorPanel(Panel):
         fig = figs.predictions_figure(i.task, i.image, i.target, i.preliminary, i.prediction, err,
                                       name)
         self.pred_fig = go.FigureWidget(fig)
-        self.pred_box.children = [self.pred_fig, W.HTML(figs.error_caption(err, error_unit(i.task)))]
+        caption = (figs.error_caption(err, error_unit(i.task)) if err is not None else
+                   f"<i>{ins.NO_LABELS}</i>" if not i.source.labelled else
+                   f"<i>no {i.task} label for this image: no error map</i>")
+        self.pred_box.children = [self.pred_fig, W.HTML(caption)]
 
     def _show_bits(self, i) -> None:
         if i is None:

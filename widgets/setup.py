@@ -32,10 +32,13 @@ from icm_core.config.overrides import (
     parse_overrides,
     split_command_line,
 )
+from icm_core.data.check import check_dataset
+from icm_core.data.registry import dataset_names, get_dataset
 from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import compose as _compose
 from icm_core.evaluation.cost import setup_readout
 from icm_core.models.adapters import get_adapter_kind
+from icm_core.tasks.registry import DATASET_TASKS, TASKS
 from icm_core.training.checkpoint import load_config_file
 from icm_core.workspace.queue import QUEUE_MANAGED, run_overrides
 from widgets._panel import Panel
@@ -44,6 +47,7 @@ LABEL_W = "140px"  # description column: fits the longest field name (checkpoint
 FIELD_W = "310px"
 BADGE_COLOURS = {"random": "#c62828", "synthetic": "#ef6c00"}  # hub or a file: REAL_COLOUR
 REAL_COLOUR = "#2e7d32"
+MAX_PROBLEMS = 3  # a dataset check's problems quoted in the message line (icm data check: all)
 
 
 def group_options(group: str) -> list[str]:
@@ -144,6 +148,16 @@ class FieldWidget:
             p.observe(lambda _change: fn(self.key), names="value")
 
 
+def _choices(key: str, choices):
+    """A field's choices; the dataset and task pickers offer what the registries hold now (a
+    dataset or task registered by your own code included), not the schema's built-in list."""
+    if key == "data.name":
+        return tuple(dataset_names())
+    if key == "tasks":
+        return tuple(TASKS)
+    return choices
+
+
 def config_fields() -> list[tuple[str, list[tuple[str, Any, str, Any]]]]:
     """(section, [(key, type, help, choices)]) for every config field the panel edits."""
     sections: dict[str, list] = {"experiment": []}
@@ -156,8 +170,9 @@ def config_fields() -> list[tuple[str, list[tuple[str, Any, str, Any]]]]:
                 sections.setdefault(f.name, [])
                 walk(tp, f"{prefix}{f.name}.", f.name)
             elif f"{prefix}{f.name}" not in QUEUE_MANAGED:
-                sections[section].append((f"{prefix}{f.name}", tp, f.metadata.get("help", ""),
-                                          f.metadata.get("choices")))
+                key = f"{prefix}{f.name}"
+                sections[section].append((key, tp, f.metadata.get("help", ""),
+                                          _choices(key, f.metadata.get("choices"))))
 
     walk(C.ExperimentConfig, "", "experiment")
     return list(sections.items())
@@ -175,6 +190,9 @@ class SetupPanel(Panel):
         super().__init__()  # the message line: what is wrong with the settings
         self.live_readout = live_readout
         self._explicit: dict[str, Any] = {}  # fields the user set, by key
+        self.data_report = None  # icm_core.data.check's report of data.root (None: not checked)
+        self._data_key: tuple | None = None  # what data_report (or _data_error) was made for
+        self._data_error: ICMError | None = None
         self._syncing = False
         self.groups = {g: W.Dropdown(options=[("(default)", "")] + [(o, o) for o in group_options(g)],
                                      description=g, tooltip=f"Hydra preset group {g}= "
@@ -342,7 +360,8 @@ class SetupPanel(Panel):
             self._explicit = {k: v for k, v in self._explicit.items() if base[k] != v}
         self.command.value = self.command_line()
         try:
-            values = config_values(self.config())
+            cfg = self.config()
+            values = config_values(cfg)
             self._syncing = True
             try:
                 for key, fw in self.fields.items():
@@ -352,10 +371,93 @@ class SetupPanel(Panel):
             self._explicit = {k: values[k] for k in self._explicit}  # as the config types them
             self.yaml_text.value = self.yaml()
             self.readout_html.value = readout_html(self.readout()) if self.live_readout else ""
-            self._say("")
+            self._say(*self._data_status(cfg))
         except ICMError as e:
             self.readout_html.value = "<i style='color:#777'>no readout: the settings are invalid</i>"
             self._show_error(e)
+
+
+    # -- the dataset --------------------------------------------------------------------------
+    def check_data(self) -> None:
+        """Check ``data.root`` again (after files were added or fixed) and show the result."""
+        self._data_key = None
+        self._refresh()
+
+    def dataset_tasks(self, cfg: C.ExperimentConfig | None = None) -> tuple[str, ...]:
+        """The tasks the configured dataset has: its label space's, and of a checked folder
+        those with label files in the train split."""
+        cfg = cfg or self.config()
+        tasks = DATASET_TASKS.get(cfg.data.label_space, tuple(TASKS))
+        counts = (self.data_report.counts.get("train") if self.data_report is not None and
+                  self._data_key == self._data_check_key(cfg) else None)
+        if counts:
+            tasks = tuple(t for t in tasks if counts.get(t, 0) > 0)
+        return tasks
+
+    @staticmethod
+    def _data_check_key(cfg) -> tuple:
+        d = cfg.data
+        return (d.name, d.root, d.layout, repr(d.columns), d.labels)
+
+    def _data_status(self, cfg) -> tuple[str, bool]:
+        """Validate ``data.root`` through ``icm_core.data.check`` (once per dataset, root and
+        layout), offer the dataset's tasks, and return the message line (text, error)."""
+        entry = get_dataset(cfg.data.name)
+        root = cfg.data.root
+        text, error = "", False
+        if entry.cls is not None and entry.name != "synthetic" and not root:
+            text, error = (f"data={entry.name} needs data.root: the dataset folder "
+                           f"({entry.help})"), True
+        elif root and entry.cls is not None and entry.name != "synthetic":
+            key = self._data_check_key(cfg)
+            if key != self._data_key:
+                self._data_key, self.data_report, self._data_error = key, None, None
+                try:
+                    if entry.name == "hf" and not Path(root).expanduser().exists():
+                        raise _NotChecked(f"data.root={root!r} is no local path: a hub id is "
+                                          "checked when it is loaded")
+                    self.data_report = check_dataset(
+                        root, entry.name, layout=cfg.data.layout, labels=cfg.data.labels,
+                        columns=dict(cfg.data.columns or {}))
+                except ICMError as e:
+                    self._data_error = e
+            text, error = self._report_text(root)
+        self._offer_tasks(cfg)
+        return text, error
+
+    def _report_text(self, root: str) -> tuple[str, bool]:
+        e, r = self._data_error, self.data_report
+        if isinstance(e, _NotChecked):
+            return str(e), False
+        if e is not None:
+            return f"data.root: {type(e).__name__}: {e}", True
+        if r is None:
+            return "", False
+        counts = "; ".join(f"{split} {c.get('images', c.get('rows', 0))} images"
+                           for split, c in r.counts.items())
+        head = f"{r.dataset} at {root} ({r.layout} layout): {counts}"
+        if r.ok:
+            return head + "; no missing or malformed files", False
+        lines = [f"[{split}] {p}" for split, p in r.problems[:MAX_PROBLEMS]]
+        more = (f"\n  ... {len(r.problems) - MAX_PROBLEMS} more" if len(r.problems) > MAX_PROBLEMS
+                else "")
+        return (f"{head}\n{len(r.problems)} problem(s):\n  " + "\n  ".join(lines) + more +
+                f"\n(icm data check {root} --dataset {r.dataset} lists them all)"), True
+
+    def _offer_tasks(self, cfg) -> None:
+        """Show the task buttons of the dataset's tasks (and any task selected now)."""
+        fw = self.fields.get("tasks")
+        if fw is None or fw.kind != "toggles":
+            return
+        offered = self.dataset_tasks(cfg)
+        for t, b in fw.buttons.items():
+            b.layout.display = "" if t in offered or b.value else "none"
+            b.tooltip = (f"tasks: {t}" if t in offered else
+                         f"tasks: {t} (data={cfg.data.name} has no {t} labels here)")
+
+
+class _NotChecked(ICMError):
+    """A data.root the panel does not check (a hub id: it would download)."""
 
 
 # -- the readout as HTML ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ a one-line ``ErrorName: message``, no traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 from icm_core.baselines.classical import codecs_help
 from icm_core.cli.hydra_app import pretrain_app, train_app
 from icm_core.config import load_config
+from icm_core.config.overrides import format_override, parse_overrides
+from icm_core.config.schema import DataConfig
 from icm_core.data.check import check_dataset
-from icm_core.data.registry import dataset_names
+from icm_core.data.registry import dataset_names, get_dataset
 from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.cost import model_info
 from icm_core.inspection.outputs import (
@@ -25,10 +28,39 @@ from icm_core.studies.demo import DEFAULT_STEPS, run_demo
 from icm_core.studies.evaluate_run import evaluate_run
 
 
+def data_config(overrides, base: DataConfig | None = None, command: str = "icm") -> DataConfig:
+    """The ``DataConfig`` of ``data=NAME`` and ``data.KEY=VALUE`` overrides (as ``icm train``
+    reads them), on top of ``base`` (a run's data config) unless ``data=NAME`` picks another
+    dataset; any other key is refused."""
+    pairs = parse_overrides(overrides)
+    bad = [k for k, _ in pairs if k != "data" and not k.startswith("data.")]
+    if bad:
+        raise ConfigError(f"{command} takes data=NAME and data.KEY=VALUE overrides, not {bad}; "
+                          "e.g. data=nyud data.root=/data/NYUD_MT")
+    keep = [] if base is None or any(k == "data" for k, _ in pairs) else [
+        format_override(f"data.{f.name}", getattr(base, f.name))
+        for f in dataclasses.fields(DataConfig)]
+    return load_config([*keep, *overrides]).data
+
+
 def _cmd_data_preview(args) -> int:
-    n, tasks = write_data_preview(args.out, args.dataset, n=args.n, size=(args.height, args.width),
-                                  split=args.split, seed=args.seed, root=args.root)
-    print(f"wrote {args.out} ({n} {args.dataset} samples x {len(tasks)} tasks)")
+    name = [x for x in args.spec if "=" not in x]
+    overrides = [x for x in args.spec if "=" in x]
+    if len(name) > 1:
+        raise ConfigError(f"icm data preview {' '.join(args.spec)}: name one dataset (or give "
+                          f"data=NAME); datasets are {dataset_names()}")
+    given = {k for k, _ in parse_overrides(overrides)}
+    defaults = {"data.size": [args.height or 128, args.width or 160], "data.augment": False,
+                "data.strict": False, "data.workers": 0, "data.seed": args.seed,
+                "data.train_length": args.n, "data.val_length": args.n}
+    if args.height or args.width:
+        given.discard("data.size")
+    extra = [format_override(k, v) for k, v in defaults.items() if k not in given]
+    head = [f"data.name={get_dataset(name[0]).name}"] if name else []
+    root = [format_override("data.root", args.root)] if args.root else []
+    cfg = data_config([*head, *overrides, *extra, *root], command="icm data preview")
+    n, tasks = write_data_preview(args.out, cfg, split=args.split, n=args.n)
+    print(f"wrote {args.out} ({n} {cfg.name} samples x {len(tasks)} tasks)")
     return 0
 
 
@@ -68,7 +100,8 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images):
+    data = data_config(args.overrides, None, "icm eval") if args.overrides else None
+    for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images, data=data):
         c = w.curve
         bpp = "n/a (no compression)" if c.bpp[0] is None else f"{c.bpp[0]:.4f}"
         print(f"{c.task}: {c.metric}={c.values[0]:.3f} bpp={bpp} -> {w.json_path}")
@@ -161,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
     ev.add_argument("--max-images", type=int, default=None, help="evaluate on the first N val images")
     ev.add_argument("--out", default=None, help="folder for results-<task>.json/.csv (default: the run)")
+    ev.add_argument("overrides", nargs="*", help="the data to evaluate on (default: the run's): "
+                    "data=NAME and data.KEY=VALUE, e.g. data.root=/data/NYUD_MT")
     ev.set_defaults(func=_cmd_eval)
 
     enc = sub.add_parser("encode", help="compress an image into an .icm stream")
@@ -176,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help="output folder")
     dec.set_defaults(func=_cmd_decode)
 
-    demo = sub.add_parser("demo", help="train a 3-lambda quick model on synthetic scenes, write a report")
+    demo = sub.add_parser("demo", help="train a 3-lambda quick model (synthetic scenes, or "
+                          "data=NAME data.root=DIR), write a report")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per lambda")
     demo.add_argument("--task", default="semseg", help="semseg, depth, normals, boundary, "
@@ -185,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: the task's ladder (icm_core.studies.demo.TASK_LAMBDAS; semseg "
                       "0.25 1 4, depth 0.03 0.1 0.25)")
     demo.add_argument("overrides", nargs="*",
-                      help="config overrides on top of the quick preset, e.g. backbone=tiny_random")
+                      help="config overrides on top of the quick preset, e.g. backbone=tiny_random "
+                      "or data=nyud data.root=/data/NYUD_MT")
     demo.set_defaults(func=_cmd_demo)
 
     cmp = sub.add_parser("compare", help="the learned codec against classical codecs (+ baseline, "
@@ -221,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prev = data_sub.add_parser("preview", help="write a PNG grid of images and every label")
-    prev.add_argument("dataset", choices=dataset_names(aliases=True), help="which dataset")
-    prev.add_argument("--root", default=None, help="the dataset folder (real datasets)")
+    prev.add_argument("spec", nargs="+", metavar="DATASET|data=NAME data.KEY=VALUE",
+                      help=f"which dataset ({', '.join(dataset_names(aliases=True))}), by name or "
+                      "as icm train takes it: data=nyud data.root=/data/NYUD_MT")
+    prev.add_argument("--root", default=None, help="the dataset folder (real datasets; = data.root)")
     prev.add_argument("--out", default="preview.png", help="PNG file to write")
     prev.add_argument("-n", type=int, default=4, help="number of samples (rows)")
-    prev.add_argument("--height", type=int, default=128)
-    prev.add_argument("--width", type=int, default=160)
+    prev.add_argument("--height", type=int, default=None, help="default 128 (or data.size)")
+    prev.add_argument("--width", type=int, default=None, help="default 160 (or data.size)")
     prev.add_argument("--split", default="train", choices=["train", "val"])
     prev.add_argument("--seed", type=int, default=0)
     prev.set_defaults(func=_cmd_data_preview)

@@ -26,64 +26,133 @@ import torch
 
 from icm_core.codec import coder
 from icm_core.codec.coder import EncodedImage, cpu_coder
-from icm_core.data.images import pil_to_tensor
+from icm_core.data.images import load_image
+from icm_core.data.registry import make_dataset
+from icm_core.data.transforms import resize
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.inspection.runs import load_run, sweep_runs
 from icm_core.models.decoder import AttentionMaps
 from icm_core.models.entropy import EntropyOutput, bits_of
 from icm_core.models.prelim import upsample_to
 
-
 # -- images -------------------------------------------------------------------------------
+NO_LABELS = ("no labels: error maps need labels, and a photo has none; open a sample of the "
+             "run's dataset by its index to see them")
+
+
 @dataclass
 class ImageSource:
-    """An image to inspect, with its labels when it has any (validation scenes)."""
+    """An image to inspect, with its labels when it has any (a sample of a labelled dataset)."""
 
     image: torch.Tensor  # (3, H, W) float in [0, 1], on the CPU
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     name: str = "image"
 
+    @property
+    def labelled(self) -> bool:
+        return bool(self.targets)
+
+
+class _DatasetCache:
+    """The last few validation datasets opened by index, by data config and tasks (a real
+    dataset scans its folder once, not at every click)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, data, tasks):
+        key = (repr(data), tuple(tasks))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        ds = make_dataset(data, "val", list(tasks))
+        with self._lock:
+            self._items[key] = ds
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return ds
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+DATASETS = _DatasetCache()
+
+
+def dataset_sample(index: int, cfg) -> ImageSource:
+    """Validation sample ``index`` of the dataset ``cfg.data`` names, with its labels of
+    ``cfg.tasks`` (none for an unlabelled dataset), cropped to its real pixels."""
+    ds = DATASETS.get(cfg.data, cfg.tasks)
+    n = len(ds)
+    if not 0 <= index < n:
+        what = (f"data.val_length is {n}" if cfg.data.name == "synthetic" else
+                f"the val split of {cfg.data.root or 'data.root'} has {n}")
+        raise DatasetError(f"{cfg.data.name} validation sample {index} does not exist: {what}; "
+                           f"pick 0..{n - 1}")
+    s = ds[index]
+    h, w = s.get("meta", {}).get("valid", tuple(s["image"].shape[-2:]))
+    tasks = [t for t in cfg.tasks if t in s]
+    targets = {t: s[t][..., :h, :w] for t in tasks}
+    name = f"{cfg.data.name} val {index}: {s.get('meta', {}).get('id', index)}"
+    return ImageSource(s["image"][..., :h, :w].float().contiguous(), targets, name)
+
+
+def fit_into(image: torch.Tensor, size) -> torch.Tensor:
+    """``image`` (3, H, W) scaled down (aspect kept) to fit ``size`` (H, W), as datasets
+    evaluate; smaller images are returned unchanged."""
+    H, W = image.shape[-2:]
+    h, w = int(size[0]), int(size[1])
+    if H <= h and W <= w:
+        return image
+    f = min(h / H, w / W)
+    out = (min(h, max(1, round(H * f))), min(w, max(1, round(W * f))))
+    return resize({"image": image}, out)["image"]
+
 
 def resolve_image(source, cfg=None) -> ImageSource:
-    """A validation scene index (of ``cfg.data``), a file path or its bytes, a PIL image, an
-    (H, W, 3) uint8 array or a (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> ``ImageSource``."""
+    """A validation sample index of the dataset ``cfg.data`` names (with its labels of
+    ``cfg.tasks``), a photo (a file path or its bytes, a PIL image, an (H, W, 3) uint8 array;
+    fitted into ``cfg.data.size`` when ``cfg`` is given, as ``data=folder`` evaluates it) or a
+    (3, H, W) / (1, 3, H, W) tensor in [0, 1] (as it is) -> ``ImageSource``. Photos and tensors
+    have no labels."""
     if isinstance(source, ImageSource):
         return source
     if isinstance(source, bool):
-        raise DatasetError(f"image source {source!r}: give a scene index, a path or an image")
+        raise DatasetError(f"image source {source!r}: give a sample index, a path or an image")
     if isinstance(source, int):
         if cfg is None:
-            raise ConfigError("a scene index needs the model's config (its dataset); pass cfg")
-        from icm_core.data.registry import make_dataset
-
-        ds = make_dataset(cfg.data, "val", cfg.tasks)
-        if not 0 <= source < len(ds):
-            raise DatasetError(f"validation scene {source} does not exist: data.val_length is "
-                               f"{len(ds)}; pick 0..{len(ds) - 1}")
-        s = ds[source]
-        return ImageSource(s["image"].float(), {t: s[t] for t in ds.tasks}, s["meta"]["id"])
-    if isinstance(source, str | Path | bytes | bytearray | memoryview):
-        from icm_core.data.images import load_image
-
-        if isinstance(source, str | Path):
-            return ImageSource(load_image(source), {}, Path(source).name)
-        return ImageSource(load_image(io.BytesIO(bytes(source))), {}, "upload")
-    if hasattr(source, "convert") and hasattr(source, "size"):  # a PIL image
-        return ImageSource(pil_to_tensor(source, "uploaded image"), {}, "upload")
-    if isinstance(source, np.ndarray):
-        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
-            raise DatasetError(f"array image of shape {source.shape} {source.dtype}: give "
-                               "(H, W, 3) uint8")
-        return ImageSource(torch.from_numpy(source.astype(np.float32) / 255).permute(2, 0, 1), {},
-                           "array")
+            raise ConfigError("a sample index needs the model's config (its dataset); pass cfg")
+        return dataset_sample(source, cfg)
     if isinstance(source, torch.Tensor):
         x = source[0] if source.dim() == 4 and source.shape[0] == 1 else source
         if x.dim() != 3 or x.shape[0] != 3:
             raise DatasetError(f"image tensor of shape {tuple(source.shape)}: give (3, H, W) or "
                                "(1, 3, H, W) in [0, 1]")
         return ImageSource(x.detach().float().cpu(), {}, "tensor")
-    raise DatasetError(f"image source of type {type(source).__name__}: give a scene index, a path, "
-                       "a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor")
+    if isinstance(source, str | Path):
+        image, name = load_image(source), Path(source).name
+    elif isinstance(source, bytes | bytearray | memoryview):
+        image, name = load_image(io.BytesIO(bytes(source))), "upload"
+    elif hasattr(source, "convert") and hasattr(source, "size"):  # a PIL image
+        image, name = pil_to_tensor(source, "uploaded image"), "upload"
+    elif isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise DatasetError(f"array image of shape {source.shape} {source.dtype}: give "
+                               "(H, W, 3) uint8")
+        image, name = torch.from_numpy(source.astype(np.float32) / 255).permute(2, 0, 1), "array"
+    else:
+        raise DatasetError(f"image source of type {type(source).__name__}: give a sample index, a "
+                           "path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor")
+    if cfg is not None:
+        fitted = fit_into(image, cfg.data.size)
+        if fitted.shape != image.shape:
+            name += f" (fitted into {fitted.shape[-2]}x{fitted.shape[-1]})"
+        image = fitted
+    return ImageSource(image.contiguous(), {}, name)
 
 
 # -- bits ---------------------------------------------------------------------------------
@@ -308,5 +377,6 @@ def bit_allocation(model, image, task: str | None = None) -> BitAllocation:
     return inspect_image(model, image, task).bits
 
 
-__all__ = ["BitAllocation", "Inspection", "InspectionCache", "ImageSource", "bit_allocation",
+__all__ = ["BitAllocation", "Inspection", "InspectionCache", "ImageSource", "NO_LABELS",
+           "bit_allocation", "dataset_sample", "fit_into",
            "inspect_image", "resolve_image", "load_run", "sweep_runs", "CACHE"]

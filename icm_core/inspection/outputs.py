@@ -99,16 +99,13 @@ def decode_file(stream: str | Path, checkpoint: str | Path, outdir: str | Path) 
     return DecodedFiles(out.task, tuple(pred.shape), write_prediction(outdir, stream.stem, out.task, pred))
 
 
-def write_data_preview(out: str | Path, dataset: str = "synthetic", *, n: int = 4,
-                       size: tuple[int, int] = (128, 160), split: str = "train",
-                       seed: int = 0, root: str | None = None) -> tuple[int, list[str]]:
-    """A PNG grid of ``n`` samples of any registered ``dataset`` (rows) with the image and every
-    label it has (columns) -> ``out``; -> (samples shown, tasks shown). Unlabelled datasets
-    (a folder of photos) show their validation images."""
-    entry = get_dataset(dataset)
-    cfg = DataConfig(name=entry.name, size=list(size), seed=seed, train_length=n, val_length=n,
-                     root=root or "", augment=False, strict=False, workers=0)
-    ds = make_dataset(cfg, split if entry.labelled else "val", None)
+def write_data_preview(out: str | Path, data: DataConfig, *, split: str = "train",
+                       n: int = 4) -> tuple[int, list[str]]:
+    """A PNG grid of ``n`` samples of the dataset ``data`` describes (rows) with the image and
+    every label it has (columns) -> ``out``; -> (samples shown, tasks shown). Unlabelled
+    datasets (a folder of photos) show their validation images."""
+    entry = get_dataset(data.name)
+    ds = make_dataset(data, split if entry.labelled else "val", None)
     n = min(n, len(ds))
     tasks = list(getattr(ds, "tasks_available", ds.tasks))
     grid = sample_grid([ds[i] for i in range(n)], tasks)

@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 from icm_core.codec import coder
 from icm_core.config import load_config
@@ -76,7 +77,9 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
                            f"data.size=[{size},{size}]",
                            *extra_overrides])
         trainer = Trainer(cfg)
-        if eval_size is not None:  # the final evaluation's scenes (the same seeds, larger)
+        if cfg.data.name != "synthetic":  # a real dataset: its first val_images val samples
+            trainer.val_set = Subset(trainer.val_set, range(min(val_images, len(trainer.val_set))))
+        elif eval_size is not None:  # the final evaluation's scenes (the same seeds, larger)
             trainer.val_set = SyntheticScenes("val", size=(eval_size, eval_size),
                                               tasks=trainer.tasks, seed=cfg.data.seed,
                                               length=val_images)
@@ -85,9 +88,11 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
         trainers.append(trainer)
     model = trainers[len(trainers) // 2].model
     shown = trainers[0].val_set[0]["image"].shape[-1]
+    data = model.cfg.data
+    where = "synthetic scenes" if data.name == "synthetic" else f"{data.name} ({data.root})"
     desc = (f"quick preset ({model.cfg.backbone.name}, {weights_source(model.cfg.backbone)} "
-            f"weights, DoRA r{model.cfg.adapter.rank}), {steps} steps per lambda on synthetic scenes "
-            f"at {size} px, {val_images} val images at {shown} px, real bitstreams")
+            f"weights, DoRA r{model.cfg.adapter.rank}), {steps} steps per lambda on {where} "
+            f"at {size} px, {len(trainers[0].val_set)} val images at {shown} px, real bitstreams")
     write_results(out / "results.json", out / "results.csv",
                   eval_curve(f"demo-{task}", desc, results,
                              points=[{"run": str(out / f"lmbda-{lm:g}"), "lmbda": float(lm)}
@@ -95,7 +100,7 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
     r0 = results[0]
     fig = ra_figure({"DoRA FT (quick), real bytes": ([r.bpp for r in results], [r.value for r in results]),
                      "same, estimated bits": ([r.bpp_estimated for r in results], [r.value for r in results])},
-                    r0.metric, f"{task}: rate-accuracy on synthetic scenes")
+                    r0.metric, f"{task}: rate-accuracy on {where}")
     sample = trainers[0].val_set[0]
     model.eval()
     with torch.no_grad():
@@ -118,7 +123,7 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
 <tr><th>lambda</th><th>bpp (real bytes)</th><th>bpp (estimated)</th><th>{r0.metric}</th></tr>{rows}</table>
 <p>Real bytes include the container header and the flush of the three rANS streams (about 40
 bytes per image): at small images they are a large part of the stream.</p>
-<h2>One validation scene, lambda {lambdas[len(lambdas) // 2]:g}: {len(data)} bytes</h2>
+<h2>One validation image, lambda {lambdas[len(lambdas) // 2]:g}: {len(data)} bytes</h2>
 <img src="data:image/png;base64,{_png_b64(panel)}" style="image-rendering:pixelated;width:100%">
 </body></html>"""
     write_text(out / "report.html", page)

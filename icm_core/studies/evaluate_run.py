@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from icm_core.config.schema import ExperimentConfig
+from icm_core.data.registry import get_dataset
+from icm_core.errors import ConfigError, DatasetError
 from icm_core.evaluation.results import Curve, write_results
 from icm_core.models.backbone import weights_source
 from icm_core.studies.ra_curves import run_points
@@ -32,16 +34,26 @@ class RunResult:
 
 
 def evaluate_run(run: str | Path, out: str | Path | None = None, *, max_images: int | None = None,
-                 device: str | None = None) -> list[RunResult]:
+                 device: str | None = None, data=None) -> list[RunResult]:
     """Every task of ``run`` (a run folder or one of its ``ckpt-*``) -> ``out`` (default: the run
-    folder) ``results-<task>.json``/``.csv``; -> one ``RunResult`` a task."""
+    folder) ``results-<task>.json``/``.csv``; -> one ``RunResult`` a task. ``data``: another
+    labelled ``DataConfig`` with the run's classes (e.g. the dataset moved); default the run's."""
     ckpt = resolve_checkpoint_dir(run)
     cfg = load_config_file(ckpt)
+    if data is not None and not get_dataset(data.name).labelled:
+        raise DatasetError(f"icm eval scores against labels and data={data.name!r} has none; "
+                           "score fidelity to the uncompressed model with icm compare RUN "
+                           f"--baseline RUN data={data.name} data.root=...")
+    if data is not None and data.label_space != cfg.data.label_space:
+        raise ConfigError(f"{run} was trained on {cfg.data.label_space} labels and "
+                          f"data={data.name} has {data.label_space} labels: its classes differ; "
+                          f"evaluate on a {cfg.data.label_space} dataset")
     out = Path(out) if out is not None else ckpt.parent
     written = []
-    for p in run_points(run, max_images=max_images, device=device or default_device()):
+    for p in run_points(run, max_images=max_images, device=device or default_device(), data=data):
         curve = replace(p, name=f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}",
-                        description=run_description(cfg, p.images))
+                        description=run_description(cfg if data is None else
+                                                    replace(cfg, data=data), p.images))
         j, c = out / f"results-{p.task}.json", out / f"results-{p.task}.csv"
         write_results(j, c, curve)
         written.append(RunResult(curve, j, c))

@@ -36,13 +36,14 @@ def _point(run: Path, cfg, m: dict) -> Curve:
     return Curve(str(run), m["task"], m["metric"], bool(m["higher_is_better"]), [m["bpp"]],
                  [m["value"]], "learned", points=[{"run": str(run), "lmbda": cfg.lmbda}],
                  settings=run_settings(cfg), bpp_estimated=[m["bpp_estimated"]],
-                 images=m["images"])
+                 images=m["images"], bpp_payload=[m.get("bpp_payload")])
 
 
 def run_points(run: str | Path, *, max_images: int | None = None, device: str = "cpu",
-               cache: bool = True) -> list[Curve]:
+               cache: bool = True, data=None) -> list[Curve]:
     """Every task's RA point of one run folder (its newest checkpoint), cached: one one-point
-    curve per task, named by the run folder."""
+    curve per task, named by the run folder; on the validation split of ``data`` (a
+    ``DataConfig``; default: the run's own)."""
     run = Path(run)
     ckpt = resolve_checkpoint_dir(run)
     cfg = load_config_file(ckpt)
@@ -51,7 +52,9 @@ def run_points(run: str | Path, *, max_images: int | None = None, device: str = 
         cached = json.loads(store.read_text()) if cache and store.is_file() else {}
     except (OSError, json.JSONDecodeError):
         cached = {}  # a damaged cache is only a cache
-    keys = {t: f"{t}:{_fingerprint(ckpt, t)}:{max_images}:{cfg.data.val_length}:{cfg.data.size}"
+    d = cfg.data if data is None else data
+    where = "" if data is None or data == cfg.data else f":{d.name}:{d.root}:{d.layout}"
+    keys = {t: f"{t}:{_fingerprint(ckpt, t)}:{max_images}:{d.val_length}:{d.size}{where}"
             for t in cfg.tasks}
     points, model, dataset, wrote = [], None, None, False
     for task, key in keys.items():
@@ -61,11 +64,12 @@ def run_points(run: str | Path, *, max_images: int | None = None, device: str = 
             continue
         if model is None:
             model, _ = load_checkpoint(ckpt, device)
-            dataset = make_dataset(model.cfg.data, "val", model.tasks)
+            dataset = make_dataset(d, "val", model.tasks)
         r = evaluate(model, dataset, task, max_images=max_images, device=device, per_image=False)
         cached[key] = {"task": r.task, "metric": r.metric, "value": r.value,
                        "higher_is_better": r.higher_is_better, "bpp": r.bpp,
-                       "bpp_estimated": r.bpp_estimated, "images": r.images}
+                       "bpp_estimated": r.bpp_estimated, "images": r.images,
+                       "bpp_payload": r.bpp_payload}
         points.append(_point(run, cfg, cached[key]))
         wrote = True
     if cache and wrote:
