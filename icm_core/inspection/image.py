@@ -26,7 +26,7 @@ import torch
 
 from icm_core.codec import coder
 from icm_core.codec.coder import EncodedImage, cpu_coder
-from icm_core.data.images import load_image
+from icm_core.data.images import load_image, pil_to_tensor
 from icm_core.data.registry import make_dataset
 from icm_core.data.transforms import resize
 from icm_core.errors import ConfigError, DatasetError
