@@ -71,10 +71,16 @@ def quick(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def figure_html(figure: dict, height: int | None = None) -> str:
     """A ``<div>`` and a script that draw ``figure`` (plotly JSON: data, layout) with the page's
-    ``Plotly`` once the page has loaded (the docs site loads plotly.js at the end of the page)."""
+    ``Plotly`` once the page has loaded (the docs site loads plotly.js at the end of the page).
+
+    The figure takes the page's width (a fixed ``layout.width`` is dropped) and keeps its
+    ``layout.height``, which also sizes the ``<div>`` so figures never overlap."""
     div = f"icm-fig-{uuid.uuid4().hex[:12]}"
-    style = f"height:{int(height)}px;" if height else ""
-    payload = json.dumps({"data": figure.get("data", []), "layout": figure.get("layout", {})})
+    layout = {k: v for k, v in (figure.get("layout") or {}).items() if k != "width"}
+    layout["autosize"] = True
+    height = height or layout.get("height")
+    style = f"height:{int(height)}px;" if isinstance(height, (int, float)) else ""
+    payload = json.dumps({"data": figure.get("data", []), "layout": layout})
     payload = payload.replace("</", "<\\/")  # never closes the script element early
     return (f'<div id="{div}" class="icm-plotly" style="width:100%;{style}"></div>\n'
             f'<script type="text/javascript">\n'
@@ -134,9 +140,15 @@ def widget_figures(states: dict, model_id: str) -> list[dict]:
     return found
 
 
+def _ours(html) -> bool:
+    return isinstance(html, str) and 'class="icm-plotly"' in html
+
+
 def add_static_views(nb: nbformat.NotebookNode) -> int:
     """Give every plotly output and every widget view holding FigureWidgets a static
-    ``text/html`` rendering (see the module docstring); returns how many outputs changed."""
+    ``text/html`` rendering (see the module docstring); returns how many outputs changed.
+    Renderings made here before are made again (so a change of ``figure_html`` reaches the
+    committed copies without running them: ``--restatic``)."""
     states = _widget_states(nb)
     changed = 0
     for cell in nb.cells:
@@ -146,20 +158,25 @@ def add_static_views(nb: nbformat.NotebookNode) -> int:
             data = out.get("data")
             if out.get("output_type") not in ("display_data", "execute_result") or not data:
                 continue
-            if PLOTLY_MIME in data and "text/html" not in data:
-                data["text/html"] = figure_html(data[PLOTLY_MIME])
-                changed += 1
-            elif WIDGET_VIEW in data:
-                figures = widget_figures(states, data[WIDGET_VIEW].get("model_id", ""))
+            view = data.get(WIDGET_VIEW) or out.get("metadata", {}).get("icm", {}).get(
+                "widget_view")
+            if view:
+                figures = widget_figures(states, view.get("model_id", ""))
                 if not figures:
                     continue
                 note = ('<p class="icm-static-note"><em>A static rendering of the panel\'s '
                         f'{len(figures)} figure{"s" if len(figures) > 1 else ""}; run the '
                         'notebook for the interactive panel.</em></p>')
-                data["text/html"] = note + "\n".join(figure_html(f) for f in figures)
+                html = note + "\n".join(figure_html(f) for f in figures)
+                if data.get("text/html") and not _ours(data["text/html"]):
+                    continue
+                data["text/html"] = html
                 data[PLOTLY_MIME] = figures[0]
-                out.setdefault("metadata", {}).setdefault("icm", {})["widget_view"] = \
-                    data.pop(WIDGET_VIEW)
+                out.setdefault("metadata", {}).setdefault("icm", {})["widget_view"] = view
+                data.pop(WIDGET_VIEW, None)
+                changed += 1
+            elif PLOTLY_MIME in data and ("text/html" not in data or _ours(data["text/html"])):
+                data["text/html"] = figure_html(data[PLOTLY_MIME])
                 changed += 1
     return changed
 
@@ -215,9 +232,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--full", action="store_true", help="the notebooks' own parameters "
                    "(QUICK = False); default: QUICK = True, as the tests run them")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--restatic", action="store_true", help="run no kernel: redo the static "
+                   "renderings of the executed copies already in --out")
     args = p.parse_args(argv)
     paths = args.notebooks or sorted(SOURCE.glob("*.ipynb"))
     reports = []
+    if args.restatic:
+        for path in paths:
+            out = args.out / path.name
+            nb = nbformat.read(out, as_version=4)
+            n = add_static_views(nb)
+            write_text(out, text_of(nb))
+            print(f"{out}: {n} static renderings redone")
+        return reports
     for path in paths:
         print(f"executing {path.name} ({'full' if args.full else 'QUICK'}) ...", flush=True)
         r = execute(path, args.out, args.full, args.timeout)

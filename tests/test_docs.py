@@ -161,8 +161,19 @@ def test_static_views_and_bundle_stripping():
     # a bare plotly output gets its html; a widget without figures is left alone
     assert 'Plotly.newPlot' in plot["data"]["text/html"]
     assert label["data"][execnb.WIDGET_VIEW] == {"model_id": "label"}
-    assert execnb.add_static_views(copy.deepcopy(nb)) == 0  # nothing left to do
+    again = copy.deepcopy(nb)  # --restatic: our renderings are redone, nothing else changes
+    assert execnb.add_static_views(again) == 2
+    assert again.cells[0].outputs[2] == label
+    assert again.cells[0].outputs[0]["metadata"] == panel["metadata"]
+    assert again.cells[0].outputs[0]["data"]["text/html"].count('class="icm-plotly"') == 2
     nbformat.validate(nb)
+
+
+def test_figure_html_takes_the_page_width_and_keeps_its_height():
+    html = execnb.figure_html({"data": [], "layout": {"width": 1500, "height": 420}})
+    fig = json.loads(re.search(r"var fig = (.*);\n", html)[1])
+    assert "width" not in fig["layout"] and fig["layout"]["autosize"] is True
+    assert fig["layout"]["height"] == 420 and "height:420px" in html
 
 
 def test_figure_html_cannot_close_its_script():
