@@ -248,3 +248,16 @@ def test_site_builds_offline_with_the_notebooks(tmp_path):
         assert "Try it" in (site / page / "index.html").read_text(encoding="utf-8"), page
     html = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     assert "fonts.googleapis.com" not in html
+
+
+def test_missing_screenshots_become_notes_and_present_ones_stay(tmp_path):
+    hooks = _script("mkdocs_hooks")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "here.png").write_bytes(b"png")
+    page = type("Page", (), {"file": type("File", (), {"src_path": "sub/page.md"})()})()
+    md = "![Here](../img/here.png)\n\n![Setup tab](../img/workbench-setup.png)\n\ntext ![x](y.png)\n"
+    out = hooks.on_page_markdown(md, page, {"docs_dir": str(tmp_path)}, None)
+    assert "![Here](../img/here.png)" in out
+    assert '!!! note "Screenshot to come: Setup tab"' in out
+    assert "`docs/img/workbench-setup.png`" in out
+    assert "text ![x](y.png)" in out  # only whole-line img/ screenshots are handled
