@@ -11,6 +11,7 @@ Every import counts, at the top of a module or inside a function, except those u
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,25 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert upward_imports(pkg) == [("icm_core.models.icm", "icm_core.training.trainer")]
     (pkg / "models" / "icm.py").write_text("from icm_core.errors import ICMError\n")
     assert upward_imports(pkg) == []
+
+
+def test_the_readme_names_modules_that_exist():
+    """README's "What is where" names each module of the layout; every one exists, and the
+    functions its example imports come from the paths it gives."""
+    readme = (ROOT.parent / "README.md").read_text()
+    table = readme.split("## What is where", 1)[1].split("```", 1)[0]
+    for row in table.splitlines():
+        cells = row.split("|")
+        if len(cells) < 4 or not cells[2].strip().startswith("`icm_core/"):
+            continue
+        package = ROOT.parent / cells[2].split("`")[1]
+        names = re.sub(r"\([^)]*\)", "", cells[3])  # what a module holds, in parentheses
+        for name in (n.strip("` ") for n in names.split(",")):
+            word = name.split(" ")[0].strip("`")
+            if word and word.isidentifier() and (package / "__init__.py").exists():
+                found = (package / f"{word}.py").exists() or (package / word / "__init__.py").exists()
+                assert found, f"README names {package.name}/{word}, which does not exist"
+    example = readme.split("```python", 1)[1].split("```", 1)[0]
+    for line in example.splitlines():
+        if line.startswith("from icm_core"):
+            exec(line, {})  # noqa: S102 (the README's own import lines)

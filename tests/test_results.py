@@ -67,7 +67,7 @@ def test_a_curve_round_trips_through_compressai_json(tmp_path):
     # a compare curve writes exactly compare's keys: no optional field it does not have
     plain = Curve("jpeg", "depth", "RMSE", False, [0.2, 0.1], [0.6, 0.7], "classical")
     assert list(plain.to_json()) == ["name", "description", "task", "metric", "higher_is_better",
-                                     "kind", "uncompressed", "results", "points"]
+                                     "kind", "uncompressed", "rate", "results", "points"]
     assert list(plain.to_json()["results"]) == ["bpp", "RMSE"]
 
 
