@@ -78,7 +78,9 @@ def _line(size, row):
 def test_odsf_perfect_offset_and_far():
     gt = _line(128, 60)  # tolerance 0.011 * diag = 1.99 px
     for pred, expected in ((_line(128, 60), 100.0), (_line(128, 61), 100.0), (_line(128, 66), 0.0)):
-        m = make_metric("boundary", dataset="nyud", n_thresholds=5)
+        # the fast matching pairs every pixel of identical lines; SEISM's may leave one unpaired
+        # (tests/test_boundary_match.py)
+        m = make_metric("boundary", dataset="nyud", n_thresholds=5, matching="fast")
         m.update(pred * 0.9, gt)
         assert m.compute() == pytest.approx(expected), expected
     empty = make_metric("boundary", n_thresholds=5)
@@ -105,7 +107,7 @@ def test_odsf_ignores_255():
     gt[0, 0, 100:, :] = 255
     pred = _line(128, 60)
     pred[0, 0, 110, :] = 1.0  # a false line inside the ignored region does not count
-    m = make_metric("boundary", n_thresholds=3)
+    m = make_metric("boundary", n_thresholds=3, matching="fast")
     m.update(pred, gt)
     assert m.compute() == pytest.approx(100.0)
 
