@@ -1,6 +1,7 @@
 """``icm compare`` end to end on tiny runs: files, layouts, real rates, BD-rates, complexity."""
 
 import csv
+import importlib
 import io
 import json
 
@@ -10,7 +11,6 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-import icm_core.cli.main as cli_main
 import icm_core.evaluation.evaluate as ev
 import icm_core.evaluation.score as sc
 import icm_core.studies.compare as cmp
@@ -280,7 +280,7 @@ def test_boundary_thresholds_reach_every_method(monkeypatch, tmp_path):
     """``--boundary-thresholds`` becomes one metric option for boundary, used by the learned
     codec (``evaluate``), the baselines and every pipeline (``score``) alike."""
     seen = {}
-    monkeypatch.setattr(cli_main, "compare", lambda *a, **k: seen.update(k) or
+    monkeypatch.setattr(importlib.import_module("icm_core.cli.main"), "compare", lambda *a, **k: seen.update(k) or
                         cmp.Comparison({}, [], [], [], tmp_path))
     assert main(["compare", str(tmp_path), "--boundary-thresholds", "19"]) == 0
     assert seen["metric_options"] == {"boundary": {"n_thresholds": 19}}

@@ -1,5 +1,2 @@
-"""The ``icm`` command (``main``) and its Hydra apps."""
-
-from icm_core.cli.main import main
-
-__all__ = ["main"]
+"""The ``icm`` command: ``main`` (argument parsing, one library call a command) and
+``hydra_app`` (the Hydra apps of ``icm train`` and ``icm pretrain``)."""

@@ -26,6 +26,7 @@ from icm_core.inspection.outputs import (
 from icm_core.studies.compare import compare
 from icm_core.studies.demo import DEFAULT_STEPS, run_demo
 from icm_core.studies.evaluate_run import evaluate_run
+from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
 
 
 def data_config(overrides, base: DataConfig | None = None, command: str = "icm") -> DataConfig:
@@ -100,7 +101,8 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    data = data_config(args.overrides, None, "icm eval") if args.overrides else None
+    run_data = load_config_file(resolve_checkpoint_dir(args.checkpoint)).data
+    data = data_config(args.overrides, run_data, "icm eval") if args.overrides else None
     for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images, data=data):
         c = w.curve
         bpp = "n/a (no compression)" if c.bpp[0] is None else f"{c.bpp[0]:.4f}"
