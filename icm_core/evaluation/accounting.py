@@ -128,7 +128,8 @@ def storage_for_tasks(counts: dict, adapter_bytes: int, mode: str, k: int) -> di
 
 
 # -- FLOPs ----------------------------------------------------------------------------------
-def _counted(fn):
+def flops_of(fn) -> tuple[int, object]:
+    """(FLOPs ``fn()`` performs as ``FlopCounterMode`` counts them, its result)."""
     with FlopCounterMode(display=False) as counter:
         out = fn()
     return int(counter.get_total_flops()), out
@@ -157,9 +158,9 @@ def component_flops(model: ICMModel, task: str | None, size: tuple[int, int]) ->
     with model.reading(task), torch.device(device):
         Hp, Wp = model.padded_size(H, W)
         image = torch.zeros(1, 3, Hp, Wp)
-        flops["backbone"], feats = _counted(lambda: model.backbone(image))
-        flops["preliminary_decoder"], (tf, coarse) = _counted(lambda: head.prelim(feats))
-        flops["projection"], y = _counted(lambda: head.proj(torch.cat([tf, coarse], dim=1)))
+        flops["backbone"], feats = flops_of(lambda: model.backbone(image))
+        flops["preliminary_decoder"], (tf, coarse) = flops_of(lambda: head.prelim(feats))
+        flops["projection"], y = flops_of(lambda: head.proj(torch.cat([tf, coarse], dim=1)))
         em = head.entropy
         if em is None:
             flops["entropy_model"], y_hat = 0, y
@@ -169,9 +170,9 @@ def component_flops(model: ICMModel, task: str | None, size: tuple[int, int]) ->
                 mu0, s0 = em._hyper(z)
                 mask = torch.ones_like(y, dtype=torch.bool)
                 em._step2_params(y, mask, mu0, s0)
-            flops["entropy_model"], _ = _counted(networks)
+            flops["entropy_model"], _ = flops_of(networks)
             y_hat = y
-        flops["decoder"], _ = _counted(lambda: head.synthesis(y_hat, (Hp, Wp)))
+        flops["decoder"], _ = flops_of(lambda: head.synthesis(y_hat, (Hp, Wp)))
     flops["total"] = sum(flops[c] for c in COMPONENTS)
     return flops
 
@@ -399,6 +400,6 @@ def account_cached(overrides, *, size=None, k: int | None = None, task: str | No
 
 
 __all__ = ["Accounting", "COMPONENTS", "EnergyMeter", "account", "account_cached",
-           "component_flops", "counterpart_decoder", "decoder_flops_ratio", "low_rank_params",
+           "component_flops", "counterpart_decoder", "decoder_flops_ratio", "flops_of", "low_rank_params",
            "measured_optimizer_state_bytes", "optimizer_state_bytes", "parameter_counts",
            "safetensors_bytes", "storage_for_tasks", "FLOAT32_BYTES"]
