@@ -372,6 +372,14 @@ def trained_like(model, std: float = 0.02) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def _feature_difference(a, b, image, task: str) -> float:
+    """Largest difference between two models' latents y before quantization (the predictions
+    of a fresh model hide it: its small latent quantizes to the same values)."""
+    with a.reading(task), b.reading(task):
+        ya, yb = a.analysis(image, task)[1], b.analysis(image, task)[1]
+    return float((ya - yb).abs().max())
+
+
 def merged_copy(model, task: str | None = None):
     """A copy of ``model`` whose backbone has ``task``'s adapter merged into its weights (peft
     ``merge_and_unload``): the same function, no adapter at inference. ``model`` is unchanged."""
@@ -475,9 +483,9 @@ def compare(overrides=(), *, device: str = "cpu", size=None,
     if kind.low_rank:
         merged_model = merged_copy(model, task)
         merged_model.predict(image, task)
-        merged, _, p1 = _timed(infer(merged_model), device, repeats)
+        merged, _, _ = _timed(infer(merged_model), device, repeats)
         inf.update(merged_seconds=merged, merged_over_unmerged=merged / unmerged,
-                   merged_max_abs_difference=float((p1 - p0).abs().max()))
+                   merged_latent_max_abs_difference=_feature_difference(model, merged_model, image, task))
     else:
         inf["merged"] = f"nothing to merge: adapter.mode={cfg.adapter.mode}"
     if kind.low_rank and getattr(kind, "use_dora", False):
@@ -488,7 +496,7 @@ def compare(overrides=(), *, device: str = "cpu", size=None,
         inf.update(dora_norm_cached_seconds=cached, dora_norm_recomputed_seconds=recomputed,
                    cached_over_recomputed=cached / recomputed,
                    dora_cache="peft.tuners.lora.dora.ENABLE_DORA_CACHING (eval mode)",
-                   cached_max_abs_difference=float((p2 - p0).abs().max()))
+                   cached_prediction_max_abs_difference=float((p2 - p0).abs().max()))
     else:
         inf["dora_cache"] = f"not DoRA: adapter.mode={cfg.adapter.mode}"
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
