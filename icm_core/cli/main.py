@@ -81,6 +81,25 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import json
+
+    from icm_core.training.bench import bench, compare, parse_measure, parse_size
+
+    size = parse_size(args.size) if args.size else None
+    if args.compare:
+        result = compare(args.overrides, device=args.device, size=size,
+                         variants=tuple(v.strip() for v in args.compare.split(",") if v.strip()))
+    else:
+        result = bench(args.overrides, device=args.device, size=size, k=args.k,
+                       measure=parse_measure(args.measure)).to_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _run_hydra(app, prog: str, overrides) -> int:
     """Run a Hydra app as if ``prog overrides...`` had been typed (Hydra reads sys.argv)."""
     saved = sys.argv
@@ -256,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe the resolved model as JSON (no weights, no network)")
     info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper adapter.rank=16")
     info.set_defaults(func=_cmd_info)
+
+    bn = sub.add_parser("bench", help="what a setting costs: parameters, adapter bytes, storage for "
+                        "K tasks, FLOPs per component, step time, peak memory, encode/decode time, "
+                        "energy (JSON)")
+    bn.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper")
+    bn.add_argument("--json", action="store_true", help="one JSON object on one line")
+    bn.add_argument("--device", default="cpu", help="cpu or cuda")
+    bn.add_argument("--size", default=None, help="image HxW, e.g. 448x576 (default: data.size)")
+    bn.add_argument("--k", type=int, default=None, help="tasks for the storage count (default: "
+                    "the dataset's tasks)")
+    bn.add_argument("--measure", default=None, help="step,inference,codec (comma list), all or "
+                    "none; default all, none for a backbone over 100 M parameters on the CPU")
+    bn.add_argument("--compare", default=None, help="adapter kinds side by side in one process, "
+                    "e.g. dora,lora,full,fixed (+ decoders, merged, DoRA cache, precision)")
+    bn.set_defaults(func=_cmd_bench)
 
     data = sub.add_parser("data", help="inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
