@@ -9,6 +9,7 @@ from PIL import Image
 
 from icm_core.cli.main import main
 from icm_core.config import load_config
+from icm_core.config.schema import DataConfig
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.inspection.outputs import write_data_preview, write_prediction
 
@@ -63,7 +64,8 @@ def test_decoded_predictions_are_written_by_the_library(tmp_path):
         write_prediction(tmp_path / "file", "x", "depth", depth)
 
 
-def test_data_preview_refuses_an_unknown_dataset(tmp_path):
-    with pytest.raises(DatasetError, match="'nyud'"):
-        write_data_preview(tmp_path / "p.png", "nyud")
+def test_data_preview_refuses_a_dataset_that_is_not_there(tmp_path):
+    missing = tmp_path / "NYUD_MT"
+    with pytest.raises(DatasetError, match="NYUD_MT"):
+        write_data_preview(tmp_path / "p.png", DataConfig(name="nyud", root=str(missing)))
     assert not (tmp_path / "p.png").exists()

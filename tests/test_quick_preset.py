@@ -70,9 +70,9 @@ def test_higher_lambda_more_bits_and_better_metric(task, tmp_path, one_thread):
 
 
 def test_icm_demo_defaults_are_the_demo_modules():
-    from icm_core.cli.main import main as cli
+    from icm_core.cli.main import build_parser
     from icm_core.studies import demo
 
-    assert cli.DEMO_STEPS == demo.DEFAULT_STEPS
-    args = cli.build_parser().parse_args(["demo", "--task", "depth"])
+    args = build_parser().parse_args(["demo", "--task", "depth"])
+    assert args.steps == demo.DEFAULT_STEPS
     assert args.lambdas is None and args.task == "depth"  # run_demo picks the task's ladder
