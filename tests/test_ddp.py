@@ -53,6 +53,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 h.update(k.encode() + v.float().numpy().tobytes())
             changed = any(not torch.equal(v, before[k]) for k, v in state.items())
             results[name] = {"losses": losses, "weights": h.hexdigest(), "changed": changed}
+        # each process saves its own rate-noise generator state and restores its own on resume
+        trainer.global_step = 2
+        own = trainer.generator.get_state().tolist()
+        trainer.save()
+        saved = torch.load(f"{out_dir}/dora/ckpt-000002/trainer.pt", weights_only=True)["rng"]
+        trainer.generator.manual_seed(1234)
+        trainer.resume()
+        results["rng"] = {"own": own, "saved": [s.tolist() for s in saved],
+                          "restored": trainer.generator.get_state().tolist()}
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -63,7 +72,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_processes_train_two_steps_of_full_and_compressed_dora(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert set(r0) == set(r1) == set(CASES)
+    assert set(r0) == set(r1) == {*CASES, "rng"}
+    rng = (r0.pop("rng"), r1.pop("rng"))
+    assert rng[0]["saved"] == rng[1]["saved"] == [rng[0]["own"], rng[1]["own"]]
+    assert rng[0]["own"] != rng[1]["own"]  # a noise stream per process
+    assert [r["restored"] for r in rng] == [r["own"] for r in rng]  # each process its own
     for name in CASES:
         assert all(math.isfinite(v) for v in r0[name]["losses"]), name
         assert r0[name]["losses"] == r1[name]["losses"], name  # the global mean, on each process

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from icm_core import ConfigError
 from icm_core.cli.main import main
@@ -64,6 +65,11 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 31))
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
+    # the run's generator state came back with the checkpoint: the same draws, the same weights
+    for task in ("semseg", "depth"):
+        wa = load_file(str(resolve_checkpoint_dir(ref) / f"task-{task}.safetensors"))
+        wb = load_file(str(resolve_checkpoint_dir(cut) / f"task-{task}.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), task
 
 
 def test_events_reach_subscribers_in_order(tmp_path):
@@ -149,7 +155,6 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
     Uncompressed: with compression, each process draws its own uniform rate noise, which is
     statistically but not numerically the same as one process's.
     """
-    from safetensors.torch import load_file
 
     common = ["train.max_steps=4", "train.batch_size=4", "data.val_length=1", "model.compression=false",
               "tasks=[semseg,depth]", f"hydra.run.dir={tmp_path / 'h'}"]

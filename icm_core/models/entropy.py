@@ -18,7 +18,8 @@ Every position receives one channel half in each step, so step 2 has spatial con
 Likelihoods are Gaussian on the mean-removed residual, scales lower-bounded at 0.11.
 
 Rounding proxy during training: the rate uses additive uniform noise (compressai's
-``noise`` mode); the decoder and the spatial prior see straight-through rounding
+``noise`` mode), on y and on z, drawn from the ``generator`` the caller passes (a training run
+passes its own, so its draws never depend on the process-global RNG); the decoder and the spatial prior see straight-through rounding
 ``round(y - mu) + mu`` (gradient of the identity), the values the decoder gets at test time.
 
 In eval mode the likelihood uses the scale the rANS coder really uses (the next entry of
@@ -262,6 +263,30 @@ class EntropyOutput:
         return bits_of(self.likelihoods["z"])
 
 
+class NoisyEntropyBottleneck(EntropyBottleneck):
+    """compressai's factorized prior whose training noise can come from a given generator.
+
+    ``forward(z, generator=g)`` draws the uniform noise of ``noise`` mode from ``g`` (on z's
+    device); without one it draws from the global RNG, as compressai does. The generator is
+    held only for the call, under the caller's model lock.
+    """
+
+    _generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor, training: bool | None = None,
+                generator: torch.Generator | None = None):
+        self._generator = generator
+        try:
+            return super().forward(x, training)
+        finally:
+            self._generator = None
+
+    def quantize(self, inputs: torch.Tensor, mode: str, means: torch.Tensor | None = None):
+        if mode == "noise" and self._generator is not None:
+            return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5, generator=self._generator)
+        return super().quantize(inputs, mode, means)
+
+
 class DualSpatialEntropyModel(nn.Module):
     """Args:
     latent_channels: M (even), channels of y.
@@ -289,7 +314,7 @@ class DualSpatialEntropyModel(nn.Module):
             nn.Conv2d(2 * M, 2 * M, 3, 1, 1), nn.GELU(),
             nn.Conv2d(2 * M, 2 * M, 3, 1, 1),
         )
-        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.entropy_bottleneck = NoisyEntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(_SCALE_TABLE)
         self._tables_key: tuple | None = None
 
@@ -310,16 +335,19 @@ class DualSpatialEntropyModel(nn.Module):
         lik = gc._likelihood(values, scales, means)
         return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
 
-    def forward(self, y: torch.Tensor) -> EntropyOutput:
+    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> EntropyOutput:
+        """y (B, M, h, w) -> y_hat, likelihoods, priors. In training mode the rate noise (on y
+        and z) is drawn from ``generator`` (on y's device); None: the global RNG."""
         B, M, h, w = y.shape
         z = self.h_a(y)
-        z_hat, z_lik = self.entropy_bottleneck(z)
+        z_hat, z_lik = self.entropy_bottleneck(z, generator=generator)
         mu0, s0 = self._hyper(z_hat)
         mask = checkerboard_masks(M, h, w, y.device).unsqueeze(0)  # (1, M, h, w)
         y_hat1 = ste_round(y - mu0) + mu0
         mu1, s1 = self._step2_params(y_hat1, mask, mu0, s0)
         mu, s = torch.where(mask, mu0, mu1), torch.where(mask, s0, s1)
-        y_tilde = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else ste_round(y - mu) + mu
+        y_tilde = (y + torch.empty_like(y).uniform_(-0.5, 0.5, generator=generator) if self.training
+                   else ste_round(y - mu) + mu)
         y_lik = self._y_likelihood(y_tilde, s, mu)
         y_hat = torch.where(mask, y_hat1, ste_round(y - mu1) + mu1)
         lo = _SCALE_TABLE[0]  # the Gaussian's scale bound: the scales the likelihood really uses

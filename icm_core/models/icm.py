@@ -18,6 +18,13 @@ half-updated weights or another task's adapter: it reads the weights between two
 Read paths (``predict``, ``encode``, ``decode``, ``icm_core.inspection.image``) run in eval mode under
 the lock and put every module's mode back before releasing it; none of them changes which
 parameters train: that is decided once, by the trainer.
+
+Random numbers. A model is initialised from a ``torch.Generator`` of its own (seeded by
+``cfg.train.seed`` unless one is given): every randomly initialised tensor (the random
+backbone, the adapters' A matrices, the heads) is drawn from it, so the weights never depend on
+the process-global RNG, which other threads (a notebook, a background run) may be drawing from
+or seeding meanwhile; the global RNG is never seeded here. In training mode, ``forward`` draws
+the entropy model's rate noise from the ``generator`` it is given (the run's own).
 """
 
 from __future__ import annotations
@@ -25,19 +32,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import Backbone
 from icm_core.models.decoder import AttentionMaps, DecoderOutput, TransformerDecoder
-from icm_core.models.entropy import TABLE_BUFFERS, DualSpatialEntropyModel, EntropyOutput, bits_of
+from icm_core.models.entropy import (
+    TABLE_BUFFERS,
+    DualSpatialEntropyModel,
+    EntropyOutput,
+    NoisyEntropyBottleneck,
+    bits_of,
+)
 from icm_core.models.prelim import PreliminaryDecoder, upsample_to
 from icm_core.tasks.registry import get_task, resolve_tasks
 
@@ -152,10 +167,18 @@ class ICMModel(nn.Module):
     """Args:
     cfg: the resolved experiment (backbone, adapter, model, tasks, dataset).
     load_weights: False builds the architecture only (e.g. on the meta device).
+    generator: a CPU generator every random initial value is drawn from (default: one seeded
+        by ``cfg.train.seed``); the global RNG is never read for them.
     """
 
-    def __init__(self, cfg: ExperimentConfig, *, load_weights: bool = True):
+    def __init__(self, cfg: ExperimentConfig, *, load_weights: bool = True,
+                 generator: torch.Generator | None = None):
         super().__init__()
+        if generator is None:
+            generator = torch.Generator().manual_seed(cfg.train.seed)
+        elif generator.device.type != "cpu":
+            raise ConfigError(f"build_model(generator=...) on {generator.device}: models are "
+                              "initialised on the CPU; give a torch.Generator() (CPU) generator")
         self.cfg = cfg
         self.dataset = cfg.data.label_space  # hf, folder: whose label conventions
         self.tasks = resolve_tasks(cfg.tasks, self.dataset)
@@ -165,12 +188,19 @@ class ICMModel(nn.Module):
             raise ConfigError(f"adapter.mode={kind.name} trains from random weights but backbone.weights="
                               f"{bcfg.weights!r}; set backbone.weights=none")
         self.backbone = Backbone(bcfg, load_weights=load_weights)
+        meta = self.backbone.mean.is_meta
+        if not meta and not self.backbone.pretrained:
+            _init_vit_(self.backbone.model, generator)
         # the frozen weights a checkpoint refers to (None on the meta device)
-        self.backbone_hash = None if self.backbone.mean.is_meta else _hash_backbone(self.backbone)
+        self.backbone_hash = None if meta else _hash_backbone(self.backbone)
         ad.attach_adapters(self.backbone, cfg.adapter, self.tasks)
         C = self.backbone.embed_dim
         self.heads = nn.ModuleDict({t: TaskHead(C, get_task(t).out_channels(self.dataset), cfg)
                                     for t in self.tasks})
+        if not meta:
+            _init_lora_(self.backbone.model, generator)
+            for head in self.heads.values():
+                _init_default_(head, generator)
         self.lock = threading.RLock()
 
     # an RLock cannot be copied or pickled: copies get a lock of their own
@@ -241,8 +271,12 @@ class ICMModel(nn.Module):
         return coarse, y, (Hp, Wp)
 
     def forward(self, image: torch.Tensor, task: str | None = None,
-                return_attention: bool = False) -> ICMOutput:
-        """image (B, 3, H, W) in [0, 1] -> ``ICMOutput`` of ``task`` (train or eval mode as set)."""
+                return_attention: bool = False, generator: torch.Generator | None = None) -> ICMOutput:
+        """image (B, 3, H, W) in [0, 1] -> ``ICMOutput`` of ``task`` (train or eval mode as set).
+
+        ``generator`` (on the image's device): where the rate noise of training mode is drawn
+        from; a training run passes its own. None draws it from the global RNG.
+        """
         if image.dim() != 4 or image.shape[1] != 3:
             raise ConfigError(f"image of shape {tuple(image.shape)}: expected (B, 3, H, W) in [0, 1]")
         task = self.task_arg(task)
@@ -254,7 +288,7 @@ class ICMModel(nn.Module):
             if head.entropy is not None:
                 # rates in float32 even under bf16 autocast: the coder needs the exact parameters
                 with torch.autocast(device_type=y.device.type, enabled=False):
-                    ent = head.entropy(y.float())
+                    ent = head.entropy(y.float(), generator)
                 y_hat, likelihoods = ent.y_hat, ent.likelihoods
             else:
                 y_hat, likelihoods = y, None
@@ -352,20 +386,69 @@ def _hash_backbone(backbone: Backbone) -> str:
     return h.hexdigest()[:16]
 
 
+# -- initialisation from a generator ---------------------------------------------------------
+# Module constructors (torch, timm, peft, compressai) draw their initial values from the global
+# RNG; every such value is drawn again here from the model's own generator, with the same
+# distribution, so none survives. Modules are visited in registration order (deterministic).
+def _init_default_(module: nn.Module, g: torch.Generator) -> None:
+    """torch's default init of every Linear and convolution in ``module`` (kaiming-uniform
+    weights, uniform biases: their ``reset_parameters``) and compressai's factorized prior
+    (uniform biases), drawn from ``g``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | _ConvNd):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+            if m.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(m.bias, -bound, bound, generator=g)
+        elif isinstance(m, NoisyEntropyBottleneck):
+            for b in m.biases:
+                nn.init.uniform_(b, -0.5, 0.5, generator=g)
+
+
+def _init_vit_(vit: nn.Module, g: torch.Generator) -> None:
+    """timm's init of a random ViT / EVA-02 drawn from ``g``: truncated normal (0.02) Linear
+    weights and position/class tokens, zero Linear biases, default convolutions, then EVA's
+    depth rescaling of each block's output projections."""
+    for m in vit.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02, generator=g)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, _ConvNd):
+            _init_default_(m, g)
+    for name in ("pos_embed", "cls_token", "reg_token"):
+        p = getattr(vit, name, None)
+        if isinstance(p, torch.Tensor):
+            nn.init.trunc_normal_(p, std=0.02, generator=g)
+    if hasattr(vit, "fix_init_weight"):
+        vit.fix_init_weight()
+
+
+def _init_lora_(model: nn.Module, g: torch.Generator) -> None:
+    """peft's default LoRA/DoRA init drawn from ``g``: kaiming-uniform A, B stays zero (so
+    DoRA's magnitude, the norm of W + BA = W, is unchanged)."""
+    with torch.no_grad():
+        for m in model.modules():
+            lora_a = getattr(m, "lora_A", None)
+            if isinstance(lora_a, nn.ModuleDict):
+                for a in lora_a.values():
+                    nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5), generator=g)
+
+
 def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu", *,
-                load_weights: bool = True) -> ICMModel:
+                load_weights: bool = True, generator: torch.Generator | None = None) -> ICMModel:
     """Build on ``device``; ``device="meta"`` builds the architecture without allocating it.
 
-    Random initialization is seeded by ``cfg.train.seed``: the same config builds the same
-    model, so a checkpoint of a run on a random backbone can be reloaded.
+    Every random initial value is drawn from ``generator`` (a CPU one; default: seeded by
+    ``cfg.train.seed``), never from the global RNG, which is neither read nor seeded for it:
+    the same config builds the same model whatever other threads do meanwhile, so a checkpoint
+    of a run on a random backbone can be reloaded.
     """
     if str(device) == "meta":
         with torch.device("meta"):
             return ICMModel(cfg, load_weights=False)  # architecture only
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        model = ICMModel(cfg, load_weights=load_weights)
-    return model.to(device)
+    return ICMModel(cfg, load_weights=load_weights, generator=generator).to(device)
 
 
 def serialized_size(state: dict[str, torch.Tensor]) -> int:

@@ -8,7 +8,8 @@ Layout of a run folder (what ``--checkpoint`` takes)::
         config.yaml               the resolved ExperimentConfig
         task-semseg.safetensors   adapter.* + head.* of one task (metadata: backbone, hash,
                                   adapter mode/rank/alpha/targets)
-        trainer.pt                step, optimizer, scheduler, RNG states (tensors only)
+        trainer.pt                step, optimizer, scheduler, the run's generator state of
+                                  every process (tensors only)
 
 A checkpoint folder is complete before ``LATEST`` points at it, so a killed run leaves the
 previous checkpoint usable. The frozen backbone is not copied: it is referenced by name and
@@ -40,7 +41,10 @@ from icm_core.models.adapters import get_adapter_kind
 
 FORMAT = "icm-checkpoint-1"
 _CKPT = re.compile(r"ckpt-\d+")
-TRAINER_KEYS = ("step", "optimizer", "scheduler", "rng_cpu")
+TRAINER_KEYS = ("step", "optimizer", "scheduler")
+# plus the RNG: "rng" (the run's generator state of each process, in rank order) with
+# "rng_device" (cpu, cuda); or, written by 'icm pretrain' and older trainers, "rng_cpu" (the
+# global CPU generator) with an optional "rng_cuda" (the global CUDA generators of process 0)
 
 
 def _first_line(e: BaseException) -> str:
@@ -274,14 +278,46 @@ def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer | None = Non
     if not (isinstance(step, int) or torch.is_tensor(step) and step.numel() == 1
             and not step.is_floating_point()) or int(step) < 0:
         raise ConfigError(f"{str(f)!r}: step {step!r} is not a non-negative integer")
-    rng, cuda = state["rng_cpu"], state.get("rng_cuda", [])
-    rngs = [rng, *cuda] if isinstance(cuda, list | tuple) else [None]
-    if not all(torch.is_tensor(r) and r.dtype == torch.uint8 for r in rngs) \
-            or rng.numel() != torch.get_rng_state().numel():
+    if "rng" in state:
+        rngs = state["rng"]
+        if not isinstance(rngs, list | tuple) or not rngs \
+                or state.get("rng_device") not in ("cpu", "cuda"):
+            rngs = [None]
+    elif "rng_cpu" in state:
+        rng, cuda = state["rng_cpu"], state.get("rng_cuda", [])
+        rngs = [rng, *cuda] if isinstance(cuda, list | tuple) else [None]
+        if torch.is_tensor(rng) and rng.numel() != torch.get_rng_state().numel():
+            rngs = [None]
+    else:
+        raise ConfigError(f"{str(f)!r} lacks the RNG state ('rng'); it was not written by this trainer")
+    if not all(torch.is_tensor(r) and r.dtype == torch.uint8 and r.dim() == 1 for r in rngs):
         raise ConfigError(f"{str(f)!r}: the saved RNG states are not torch generator states")
     if optimizer is not None:
         _check_optimizer_state(f, state["optimizer"], optimizer)
     return state
+
+
+def rank_rng_state(state: dict, rank: int, world: int, generator: torch.Generator,
+                   ckpt: str | Path = "checkpoint") -> torch.Tensor | None:
+    """Process ``rank``'s saved generator state in ``state`` (from ``load_trainer_state``),
+    checked to fit ``generator``; None when the checkpoint cannot continue this process's
+    draws: written by another number of processes or on another kind of device.
+
+    A state of the older format (``rng_cpu``, the global CPU generator the rate noise was then
+    drawn from) continues a single CPU process.
+    """
+    if "rng" in state:
+        states, kind = list(state["rng"]), state["rng_device"]
+    else:
+        states, kind = [state["rng_cpu"]], "cpu"
+    if len(states) != world or kind != generator.device.type:
+        return None
+    mine = states[rank]
+    if mine.numel() != generator.get_state().numel():
+        raise ConfigError(f"{str(Path(ckpt) / 'trainer.pt')!r}: the RNG state of process {rank} has "
+                          f"{mine.numel()} bytes, a {kind} generator's {generator.get_state().numel()};"
+                          " the file is corrupt: use another ckpt-* folder")
+    return mine
 
 
 def _check_optimizer_state(f: Path, saved, optimizer: torch.optim.Optimizer) -> None:
@@ -306,4 +342,4 @@ def _check_optimizer_state(f: Path, saved, optimizer: torch.optim.Optimizer) -> 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_trainer_state", "resolve_checkpoint_dir",
            "save_task", "load_task", "read_task", "read_tasks", "has_checkpoint", "clean_orphans",
-           "check_compatible", "load_config_file", "adapter_signature"]
+           "check_compatible", "load_config_file", "adapter_signature", "rank_rng_state"]

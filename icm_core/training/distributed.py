@@ -41,6 +41,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather(obj) -> list:
+    """Every process's ``obj`` (picklable: CPU tensors, plain values), in rank order; every
+    process must call it. ``[obj]`` outside torchrun."""
+    size = world()[1]
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def mean_over_processes(value: float) -> float:
     """The global mean of a per-process scalar (for logging the global loss)."""
     if world()[1] == 1:

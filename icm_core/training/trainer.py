@@ -11,6 +11,12 @@ bitstream rates, checkpoint); ``fit()`` is a loop over it that ``stop()`` (any t
 the next step boundary with a resumable checkpoint. Every step emits typed events to the
 subscribers (history.jsonl writer, progress bars, notebook plots, tests); a subscriber that
 raises is logged and dropped, it never stops the run.
+
+Random numbers. A run never draws from the process-global RNG, which a notebook thread (or a
+model it builds) may use meanwhile: its model is initialised from a generator seeded by
+``train.seed``, its batches are a function of (seed, step), and the entropy model's rate noise
+comes from the run's own generator (one per process, on its device), whose state each
+checkpoint holds per process and resume restores, so a resumed run continues the same draws.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -46,6 +53,7 @@ from icm_core.training.checkpoint import (
     has_checkpoint,
     load_config_file,
     load_trainer_state,
+    rank_rng_state,
     read_tasks,
     resolve_checkpoint_dir,
     save_checkpoint,
@@ -211,11 +219,21 @@ def make_loader(dataset, cfg: ExperimentConfig, tasks, start: int, rank: int = 0
     sampler = StepBatches(len(dataset), t.batch_size, t.seed, start, t.max_steps, rank, world,
                           keyed=getattr(dataset, "augments", False))
     w = cfg.data.workers
-    # an explicit generator: creating the loader must not draw from the global RNG, which the
-    # entropy model's rate noise uses (a resumed run would drift from an uninterrupted one)
+    # a generator of the run's seed: the workers' base seed is drawn from it, not from the
+    # global RNG (which other threads use)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=w,
                       collate_fn=_collate(("image", *tasks)), worker_init_fn=_worker_init,
-                      prefetch_factor=2 if w else None, generator=torch.Generator())
+                      prefetch_factor=2 if w else None, generator=torch.Generator().manual_seed(t.seed))
+
+
+_NOISE_STREAM = 0x1C0  # tells the rate-noise seeds apart from other seeds derived from train.seed
+
+
+def noise_generator(seed: int, rank: int, device: str, step: int = 0) -> torch.Generator:
+    """The generator of process ``rank``'s rate noise, on ``device``: an independent stream for
+    each (seed, rank) (and ``step``, for a run resumed without its saved state)."""
+    lo, hi = np.random.SeedSequence([seed % 2**64, rank, step, _NOISE_STREAM]).generate_state(2)
+    return torch.Generator(device=device).manual_seed(int(hi) << 32 | int(lo))
 
 
 # -- the trainer ----------------------------------------------------------------------------
@@ -255,6 +273,7 @@ class Trainer:
         self._batches = None
         self._t0 = time.perf_counter()
         self._times: deque[float] = deque(maxlen=21)
+        self.generator = noise_generator(cfg.train.seed, self.rank, self.device)
 
     # -- events -------------------------------------------------------------------------
     def subscribe(self, fn: Callable[[TrainEvent], None]) -> None:
@@ -325,7 +344,7 @@ class Trainer:
         with model.lock:  # readers in other threads see the weights before or after the step
             model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = self._ddp.get(task, model)(batch["image"], task=task)
+                out = self._ddp.get(task, model)(batch["image"], task=task, generator=self.generator)
             distortion = task_loss(out, batch[task], model.dataset, cfg.model.inter_sup)
             pixels = out.image_size[0] * out.image_size[1]
             bpp_y, bpp_z = out.bits_y.mean() / pixels, out.bits_z.mean() / pixels
@@ -382,7 +401,7 @@ class Trainer:
                 log.warning("resume=true but %s holds no checkpoint: starting at step 0", self.out_dir)
             if self.rank == 0:
                 (self.out_dir / "history.jsonl").unlink(missing_ok=True)
-            torch.manual_seed(self.cfg.train.seed)
+            self.generator = noise_generator(self.cfg.train.seed, self.rank, self.device)
         self._started = True
         self._t0 = time.perf_counter()
 
@@ -426,19 +445,22 @@ class Trainer:
         return results
 
     # -- checkpoints --------------------------------------------------------------------
-    def trainer_state(self) -> dict:
-        state = {"step": torch.tensor(self.global_step), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():  # dropout etc. on the GPU draw from these
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
+    def trainer_state(self, rng: list[torch.Tensor] | None = None) -> dict:
+        """What trainer.pt holds. ``rng``: every process's generator state in rank order
+        (default: this process's only)."""
+        rng = [self.generator.get_state()] if rng is None else rng
+        return {"step": torch.tensor(self.global_step), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": list(rng),
+                "rng_device": self.generator.device.type}
 
     def save(self) -> Path | None:
+        """Checkpoint (written by the first process, with the generator state of every one)."""
+        rng = distributed.gather(self.generator.get_state())  # every process takes part
         path = None
         if self.rank == 0:
             with self.model.lock:
                 path = save_checkpoint(self.out_dir, self.model, self.global_step,
-                                       self.trainer_state())
+                                       self.trainer_state(rng))
             self._emit(CheckpointEvent(self.global_step, str(path)))
         distributed.barrier()
         return path
@@ -459,6 +481,7 @@ class Trainer:
         if state is None:
             raise ConfigError(f"{str(ckpt)!r} has no trainer.pt (optimizer, scheduler, RNG states), "
                               "so it cannot be resumed: train into a new out_dir, or set resume=false")
+        rng = rank_rng_state(state, self.rank, self.world, self.generator, ckpt)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -468,10 +491,15 @@ class Trainer:
         with self.model.lock:
             for task, tensors in weights.items():
                 self.model.load_task_state_dict(task, tensors)
-        torch.set_rng_state(state["rng_cpu"])
-        if state.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"][: torch.cuda.device_count()])
         self.global_step = int(state["step"])
+        if rng is not None:
+            self.generator.set_state(rng)
+        else:
+            log.warning("%s holds no rate-noise state for process %d of %d on %s; the run goes on "
+                        "with a fresh stream (it will not repeat an uninterrupted run's draws)",
+                        ckpt, self.rank, self.world, self.generator.device.type)
+            self.generator = noise_generator(self.cfg.train.seed, self.rank, self.device,
+                                             self.global_step)
         self._batches = None
         hist = self.out_dir / "history.jsonl"
         if hist.is_file() and self.rank == 0:  # drop what the run logged after its checkpoint

@@ -17,6 +17,11 @@ Config composition (Hydra's global state is not thread-safe) happens in ``submit
 on the caller's thread, which also reports a bad override at once, as ``ConfigError``; the
 worker thread only builds and trains. An error in a job ends that job (status ``failed``,
 ``error`` one line), never the thread.
+
+The process-global RNG is shared with the notebook thread, so a run never draws from it: its
+initial weights, rate noise and batches come from generators of its own (``build_model``,
+``Trainer``), and a run's weights are the same whatever the notebook builds, draws or seeds
+meanwhile.
 """
 
 from __future__ import annotations
