@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
                "curves": {f"{c.name}@{c.rate}": {"bpp": c.bpp, "bpp_payload": c.bpp_payload,
                                                  "values": c.values}
                           for c in result.curves[task] if c.kind in ("learned", "envelope")},
-               "envelope_members": sorted({p.get("codec", "") + (f"@{p['scale']:g}" if p.get(
+               "classical_pipelines": sorted({p.get("codec", "") + (f"@{p['scale']:g}" if p.get(
                    "scale", 1) != 1 else "") for c in result.curves[task]
                    if c.kind == "classical" for p in c.points})}
         summary[task] = row

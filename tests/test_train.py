@@ -21,8 +21,11 @@ from .helpers import tiny_config, trivial_scores
 SIX = "tasks=[semseg,depth,normals,boundary,human_parts,saliency]"
 
 
+@pytest.mark.timeout(1500)  # 600 steps of six tasks: the suite's slowest test
 def test_uncompressed_tiny_model_beats_trivial_predictors_on_every_task(tmp_path):
-    cfg = tiny_config(SIX, "model.compression=false", "train.max_steps=480", "train.batch_size=4",
+    # 600 steps: with the run's own init generator (a new draw of the same distributions),
+    # human_parts reached 31.13 mIoU at 480 steps against a margin of 31.24
+    cfg = tiny_config(SIX, "model.compression=false", "train.max_steps=600", "train.batch_size=4",
                       "train.lr=2e-3", "data.val_length=8", "model.decoder_dims=[64,32,16]",
                       "model.latent_channels=32", "model.prelim_width=32", f"out_dir={tmp_path}")
     trainer = Trainer(cfg)
