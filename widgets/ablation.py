@@ -18,11 +18,11 @@ from icm_core.config.schema import ADAPTER_MODES
 from icm_core.errors import ConfigError, ICMError
 from icm_core.studies import ablation as ab
 from icm_core.viz.figures import fig5_figure
+from icm_core.workspace.runs import read_run
 from widgets._panel import Panel
 
 
 def _finished(run_dir: Path) -> bool:
-    from icm_core.workspace.runs import read_run
 
     try:
         return read_run(run_dir).status == "done"

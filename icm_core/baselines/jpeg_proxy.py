@@ -9,8 +9,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
+from icm_core.baselines.classical import get_codec
 from icm_core.data.images import pil_to_tensor
 from icm_core.errors import ConfigError
 
@@ -175,9 +177,7 @@ def proxy_agreement(images: Sequence, qualities: Sequence[int]) -> dict:
     ``images``: PIL images. Returns the pairs, their Pearson and Spearman correlations and the
     median relative error of (proxy bits + ``JPEG_HEADER_BITS``) / 8 against the file bytes.
     """
-    from scipy.stats import pearsonr, spearmanr
 
-    from icm_core.baselines.classical import get_codec
 
     codec, proxy = get_codec("jpeg"), JPEGProxy()
     proxy_bits, real_bytes, pairs = [], [], []

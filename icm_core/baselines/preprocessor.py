@@ -34,12 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from icm_core.baselines.jpeg_proxy import JPEG_CHROMA, PROXIES, make_proxy
 from icm_core.data.images import pil_to_tensor
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.files import atomic_path
+from icm_core.tasks.objective import task_loss
 
 JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 
@@ -164,7 +168,6 @@ def preprocessor_loss(pp: PreProcessor, proxy: nn.Module, baseline_model, task: 
                       images: torch.Tensor, targets: torch.Tensor, quality: int,
                       lmbda: float) -> dict:
     """The training objective on one batch: task loss + lmbda * proxy bpp (tensors)."""
-    from icm_core.tasks.objective import task_loss
 
     coded = proxy(pp(images), quality)
     out = baseline_model(coded.image, task=task)
@@ -235,7 +238,6 @@ def train_preprocessor(baseline_model, task: str, dataset, cfg: PreprocessorConf
 # -- files ------------------------------------------------------------------------------------
 def save_preprocessor(pp: PreProcessor, path: str | Path) -> Path:
     """Weights as safetensors, the config in the file's metadata; written atomically."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in pp.state_dict().items()}
@@ -248,7 +250,6 @@ def save_preprocessor(pp: PreProcessor, path: str | Path) -> Path:
 def load_preprocessor(path: str | Path, device: str | torch.device = "cpu") -> PreProcessor:
     """A pre-processor from ``save_preprocessor``; any unreadable or foreign file raises
     ``ConfigError`` naming it."""
-    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -279,7 +280,6 @@ def load_preprocessor(path: str | Path, device: str | torch.device = "cpu") -> P
 def apply_preprocessor(pp: PreProcessor, image):
     """Pre-process one PIL image (eval mode, no gradients) -> a PIL image of the same size and
     mode, 8 bits per channel (alpha, if any, is kept as it was)."""
-    from PIL import Image
 
     if not isinstance(image, Image.Image):
         raise ConfigError(f"image must be a PIL.Image.Image, got {type(image).__name__}")

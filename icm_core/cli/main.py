@@ -26,6 +26,8 @@ from icm_core.inspection.outputs import (
 from icm_core.studies.compare import compare
 from icm_core.studies.demo import DEFAULT_STEPS, run_demo
 from icm_core.studies.evaluate_run import evaluate_run
+from icm_core.training.bench import bench, parse_measure, parse_size
+from icm_core.training.bench import compare as compare_side_by_side
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
 
 
@@ -82,14 +84,13 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    import json
 
-    from icm_core.training.bench import bench, compare, parse_measure, parse_size
 
     size = parse_size(args.size) if args.size else None
     if args.compare:
-        result = compare(args.overrides, device=args.device, size=size,
-                         variants=tuple(v.strip() for v in args.compare.split(",") if v.strip()))
+        result = compare_side_by_side(args.overrides, device=args.device, size=size,
+                                      variants=tuple(v.strip() for v in args.compare.split(",")
+                                                     if v.strip()))
     else:
         result = bench(args.overrides, device=args.device, size=size, k=args.k,
                        measure=parse_measure(args.measure)).to_dict()

@@ -8,6 +8,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+import icm_core.conf
 from icm_core.config.compose import load_config
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
@@ -17,9 +21,7 @@ QUEUE_MANAGED = ("out_dir", "resume")  # the queue sets these; overrides may not
 
 def _config_groups() -> tuple[str, ...]:
     """The Hydra groups of ``icm train``: the root config's defaults list (experiment first)."""
-    import yaml
 
-    import icm_core.conf
 
     root = Path(icm_core.conf.__file__).parent / "config.yaml"
     found = [next(iter(d)) for d in yaml.safe_load(root.read_text())["defaults"] if isinstance(d, dict)]
@@ -33,7 +35,6 @@ GROUPS = _config_groups()  # ("experiment", "backbone", "adapter", "model", "dat
 
 # -- overrides <-> values ---------------------------------------------------------------------
 def _parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create()
 

@@ -10,7 +10,7 @@ Validation lives in ``__post_init__`` so a bad value fails where it is set, with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from icm_core.errors import ConfigError
@@ -61,7 +61,6 @@ def _help(text: str, default: Any = None, factory=None, choices: tuple | None = 
 
 def choices_of(cls, name: str) -> tuple | None:
     """The allowed values of field ``name`` of config dataclass ``cls`` (None: free value)."""
-    from dataclasses import fields
 
     return next((f.metadata.get("choices") for f in fields(cls) if f.name == name), None)
 

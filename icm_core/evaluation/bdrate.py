@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+
+import bjontegaard as bd
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,7 @@ def bd_rate(anchor: tuple[list, list], test: tuple[list, list], higher_is_better
     comparable" (``value=None``, with the reason) when a front has fewer than two points or
     the shared metric interval is under ``min_overlap`` of the union of both.
     """
-    import warnings
 
-    import bjontegaard as bd
 
     if method not in ("pchip", "akima", "cubic"):
         raise ValueError(f"method={method!r}; choose pchip, akima or cubic")

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from safetensors.torch import load_file
+from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 
 from icm_core.config.schema import BackboneConfig
@@ -71,7 +74,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"backbone.weights={str(path)!r}: no such file; give a .safetensors/.pth "
                           "checkpoint, 'hub' (online) or 'none'")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary unpickling
@@ -82,7 +84,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _hub_file(name: str) -> Path:
-    from huggingface_hub import hf_hub_download
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
@@ -187,7 +188,6 @@ class Backbone(nn.Module):
         Tensors of pruned modules (final norms, head, unused blocks) are skipped; any other
         key the checkpoint lacks or adds is an error.
         """
-        from timm.models.eva import checkpoint_filter_fn
 
         state = split_fused_qkv(_read_state_dict(Path(path)))
         state = checkpoint_filter_fn(state, self.model)
@@ -258,7 +258,6 @@ def weights_available(cfg: BackboneConfig) -> bool:
     if w == "synthetic":
         return SYNTHETIC_WEIGHTS.is_file()
     if w in ("hub", "auto"):
-        from huggingface_hub import try_to_load_from_cache
 
         pc = timm.models.get_pretrained_cfg(cfg.name)
         if pc is None or not pc.hf_hub_id:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -453,7 +454,6 @@ def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu", *,
 
 def serialized_size(state: dict[str, torch.Tensor]) -> int:
     """Bytes of ``state`` as a safetensors file (meta tensors are materialized as zeros)."""
-    from safetensors.torch import save
 
     real = {k: (torch.zeros(v.shape, dtype=v.dtype) if v.device.type == "meta" else v.contiguous().cpu())
             for k, v in state.items()}

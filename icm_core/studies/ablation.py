@@ -23,14 +23,19 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 from icm_core.config import load_config
 from icm_core.config.schema import TARGET_NAMES, ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.evaluation.results import config_label
 from icm_core.files import write_text
 from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
+from icm_core.models.icm import build_model
 from icm_core.studies.ra_curves import run_points
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
+from icm_core.training.trainer import Trainer, default_device
 from icm_core.viz.figures import fig5_figure
 
 GRID_KEYS = ("adapter.mode", "adapter.rank", "adapter.targets", "lmbda", "out_dir", "resume")
@@ -154,7 +159,6 @@ class StepTime:
 
 def _time_key(cfg: ExperimentConfig, device: str, threads: int) -> str:
     """What the step time depends on: the config less what does not change a step's work."""
-    from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for k in ("name", "out_dir", "resume", "lmbda"):
@@ -173,9 +177,7 @@ def measure_step_time(overrides, cache_dir: str | Path | None = None, steps: int
     Trains in a temporary folder, deleted afterwards. The result is cached in
     ``cache_dir/.step-times.json`` by config, device and thread count.
     """
-    import torch
 
-    from icm_core.training.trainer import Trainer, default_device
 
     if steps < 1:
         raise ConfigError(f"steps={steps}: time at least one step")
@@ -253,9 +255,7 @@ _SHARES: dict[str, tuple[int, int]] = {}
 def trainable_share(cfg: ExperimentConfig, task: str | None = None) -> tuple[int, int]:
     """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact, built on
     the meta device (no weights); memoized by the settings that decide it."""
-    from omegaconf import OmegaConf
 
-    from icm_core.models.icm import build_model
 
     key = json.dumps([OmegaConf.to_container(OmegaConf.structured(cfg.backbone)),
                       OmegaConf.to_container(OmegaConf.structured(cfg.adapter)),

@@ -24,6 +24,7 @@ from icm_core.data.synthetic import SyntheticScenes
 from icm_core.evaluation.results import eval_curve, write_results
 from icm_core.files import write_text
 from icm_core.models.backbone import weights_notice, weights_source
+from icm_core.tasks.registry import get_task
 from icm_core.training.trainer import Trainer
 from icm_core.viz.figures import ra_figure
 from icm_core.viz.images import prediction_panel
@@ -57,7 +58,6 @@ DEFAULT_EVAL_SIZE = 256
 
 def default_lambdas(task: str) -> tuple[float, ...]:
     """The quick preset's lambda ladder for ``task`` (a name or alias)."""
-    from icm_core.tasks.registry import get_task
 
     return TASK_LAMBDAS[get_task(task).name]
 

@@ -38,6 +38,7 @@ from icm_core.config.schema import AdapterConfig, ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.files import atomic_path, write_text
 from icm_core.models.adapters import get_adapter_kind
+from icm_core.models.icm import build_model
 
 FORMAT = "icm-checkpoint-1"
 _CKPT = re.compile(r"ckpt-\d+")
@@ -206,7 +207,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", model=None):
     With ``model`` given, load into it instead, after checking it has the same backbone, tasks
     and adapter. Every task file is checked before the first is loaded.
     """
-    from icm_core.models.icm import build_model
 
     ckpt = resolve_checkpoint_dir(path)
     cfg = load_config_file(ckpt)

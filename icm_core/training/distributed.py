@@ -9,10 +9,12 @@ global batch, so N processes follow the single-process run (up to float rounding
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.nn.functional import all_reduce
 
 
 def world() -> tuple[int, int]:
@@ -72,9 +74,7 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world()[1] > 1):
             return super().forward(x)
-        import warnings
 
-        from torch.distributed.nn.functional import all_reduce
 
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
         stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])

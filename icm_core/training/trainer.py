@@ -34,6 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -298,7 +299,6 @@ class Trainer:
         that task's parameters (DDP expects a gradient for every parameter it registered)."""
         if self.world == 1:
             return {}
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
         wrappers = {}

@@ -53,6 +53,7 @@ from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError, ICMError
 from icm_core.files import write_text
 from icm_core.training.checkpoint import has_checkpoint, load_config_file, resolve_checkpoint_dir
+from icm_core.training.trainer import DoneEvent, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,6 @@ class RunQueue:
                     self._cond.notify_all()
 
     def _run(self, job: Job) -> None:
-        from icm_core.training.trainer import DoneEvent, Trainer
 
         handler = _JobLog(lambda ev: self._emit(job, dataclasses.replace(ev, step=job.steps)))
         logging.getLogger("icm_core").addHandler(handler)

@@ -22,6 +22,7 @@ from pathlib import Path
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError, ICMError
 from icm_core.evaluation.results import run_settings
+from icm_core.tasks.registry import get_task
 from icm_core.training.checkpoint import load_config_file, resolve_checkpoint_dir
 from icm_core.workspace.queue import STATE_FILE
 
@@ -94,7 +95,6 @@ def _history(path: Path) -> tuple[int, list[dict], float | None]:
 
 def _final_results(evals: list[dict], max_steps: int | None) -> tuple[TaskResult, ...]:
     """The last evaluation of each task at the final step (intermediate ones use 8 images)."""
-    from icm_core.tasks.registry import get_task
 
     out: dict[str, TaskResult] = {}
     for row in evals:
