@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from icm_core.config import load_config
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import FLOAT32_BYTES, decoder_gflops, storage
+from icm_core.evaluation.cost import FLOAT32_BYTES, count_flops, decoder_gflops, storage
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import weights_source
 from icm_core.models.icm import ICMModel, build_model
@@ -128,11 +127,7 @@ def storage_for_tasks(counts: dict, adapter_bytes: int, mode: str, k: int) -> di
 
 
 # -- FLOPs ----------------------------------------------------------------------------------
-def flops_of(fn) -> tuple[int, object]:
-    """(FLOPs ``fn()`` performs as ``FlopCounterMode`` counts them, its result)."""
-    with FlopCounterMode(display=False) as counter:
-        out = fn()
-    return int(counter.get_total_flops()), out
+flops_of = count_flops  # the workbench's one FLOP counter (evaluation.cost)
 
 
 def _meta_ready(model: ICMModel) -> ICMModel:
