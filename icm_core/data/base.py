@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def raise_problems(name: str, scan: Scan, problems: list[Problem], hint: str) ->
                        f"{len(problems)} problem(s):\n  " + "\n  ".join(lines) + more + f"\n{hint}")
 
 
-class FileDataset(Dataset):
+class FileDataset(Dataset, ABC):
     """A dataset over the files of a ``Scan``: subclasses define ``scan`` and ``load``.
 
     Args:
@@ -194,14 +195,15 @@ class FileDataset(Dataset):
         log.info("%s: %s layout at %s, split %s: %d images, tasks %s", self.dataset_name,
                  self.layout, root, split, len(self.ids), list(self.tasks))
 
-    # -- to define ------------------------------------------------------------------------
+    # -- what each dataset defines ------------------------------------------------------
     @classmethod
+    @abstractmethod
     def scan(cls, root: Path, split: str, tasks, **options) -> Scan:
-        raise NotImplementedError
+        """Every file of ``split`` under ``root``, per task, and each problem found."""
 
+    @abstractmethod
     def load(self, id_: str, task: str, path: Path, shape: tuple[int, int]) -> torch.Tensor:
         """The label of ``task`` in the sample-dict convention, at the image's ``shape``."""
-        raise NotImplementedError
 
     # -- the dataset ----------------------------------------------------------------------
     def __len__(self) -> int:
