@@ -156,3 +156,15 @@ def test_held_out_scenes_are_the_test_split_rendered_once():
     assert np.array_equal(np.asarray(ds.images[1]), image_to_uint8(ref[1]["image"]))
     with pytest.raises(ConfigError, match="images=0"):
         HeldOut(0, 32, ["depth"])
+
+
+def test_count_flops_sees_attention_on_real_cpu_tensors():
+    """The fused CPU attention kernel is invisible to FlopCounterMode; count_flops must still
+    count the two products: 2 x (2 * B * heads * L * L * d) FLOPs, as on the meta device."""
+    import torch.nn.functional as F
+
+    from icm_core.evaluation.cost import count_flops
+
+    q = torch.rand(1, 2, 16, 8)
+    flops, _ = count_flops(lambda: F.scaled_dot_product_attention(q, q, q))
+    assert flops == 2 * (2 * 1 * 2 * 16 * 16 * 8)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from icm_core.codec.coder import cpu_coder
@@ -40,8 +41,10 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
 
     ``torch.utils.flop_counter.FlopCounterMode`` counts matrix multiplications and
     convolutions, 2 FLOPs per multiply-add; interpolations, normalizations, activations and
-    the rANS coder are not counted. Works on the meta device (shapes only, no memory)."""
-    with FlopCounterMode(display=False) as counter:
+    the rANS coder are not counted. Works on the meta device (shapes only, no memory).
+    Attention runs on SDPA's math backend while counting: the fused CPU kernel is invisible to
+    ``FlopCounterMode`` (it counts 0 for it on real CPU tensors)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         out = fn()
     return int(counter.get_total_flops()), out
 
