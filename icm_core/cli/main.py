@@ -62,6 +62,7 @@ def _cmd_pretrain(args) -> int:
 def _cmd_eval(args) -> int:
     from pathlib import Path
 
+    from icm_core.errors import ConfigError
     from icm_core.evaluation.evaluate import EvalResult
     from icm_core.evaluation.results import write_results
     from icm_core.models.backbone import weights_available
@@ -72,19 +73,36 @@ def _cmd_eval(args) -> int:
     ckpt = resolve_checkpoint_dir(args.checkpoint)
     cfg = load_config_file(ckpt)
     out = Path(args.out or ckpt.parent)
+    variable = cfg.model.variable_rate
+    if args.rates is not None and not variable:
+        raise ConfigError(f"--rates {args.rates}: run {str(args.checkpoint)!r} has one fixed rate "
+                          "(model.variable_rate=false), it is one point; drop --rates")
     # the same cached points the workbench's rate-accuracy panel reads
-    for p in run_points(args.checkpoint, max_images=args.max_images, device=default_device()):
-        r = EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
-                       p.higher_is_better)
-        weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
-                   "pretrained" if weights_available(cfg.backbone) else "RANDOM")
-        name = f"{cfg.name}-{p.task}-lmbda{cfg.lmbda:g}"
+    points = run_points(args.checkpoint, max_images=args.max_images, device=default_device(),
+                        rates=args.rates)
+    weights = ("synthetic-pretrained" if cfg.backbone.weights == "synthetic" else
+               "pretrained" if weights_available(cfg.backbone) else "RANDOM")
+    for task in dict.fromkeys(p.task for p in points):
+        mine = [p for p in points if p.task == task]  # a variable-rate run: one per rate
+        results = [EvalResult(p.task, p.metric, p.value, p.bpp, p.bpp_estimated, p.images,
+                              p.higher_is_better, rate=p.rate) for p in mine]
+        if variable:
+            lams = cfg.model.rate_lambdas
+            name = f"{cfg.name}-{task}-vr{lams[0]:g}-{lams[-1]:g}"
+            what = (f"variable rate (anchors' lambdas {', '.join(f'{v:g}' for v in lams)}), "
+                    f"{len(mine)} rates")
+        else:
+            name, what = f"{cfg.name}-{task}-lmbda{cfg.lmbda:g}", f"lambda {cfg.lmbda:g}"
         desc = (f"{cfg.name}: {cfg.backbone.name} ({weights} weights), adapter {cfg.adapter.mode} "
-                f"r{cfg.adapter.rank}, lambda {cfg.lmbda:g}, {p.images} {cfg.data.name} val images, "
+                f"r{cfg.adapter.rank}, {what}, {mine[0].images} {cfg.data.name} val images, "
                 "real bitstreams")
-        write_results(out / f"results-{p.task}.json", out / f"results-{p.task}.csv", name, desc, [r])
-        bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
-        print(f"{p.task}: {p.metric}={p.value:.3f} bpp={bpp} -> {out / f'results-{p.task}.json'}")
+        write_results(out / f"results-{task}.json", out / f"results-{task}.csv", name, desc,
+                      results)
+        for p in mine:
+            bpp = "n/a (no compression)" if p.bpp is None else f"{p.bpp:.4f}"
+            at = "" if p.rate is None else f" rate={p.rate:.3f}"
+            print(f"{p.task}:{at} {p.metric}={p.value:.3f} bpp={bpp} -> "
+                  f"{out / f'results-{task}.json'}")
     return 0
 
 
@@ -116,14 +134,15 @@ def _cmd_encode(args) -> int:
     out = _writable_path(args.output, "file")
     image = load_image(args.image)  # before the checkpoint: a bad image fails at once
     model, _ = load_checkpoint(args.checkpoint)
-    data = coder.encode(model, image, task=args.task or model.tasks[0])
+    data = coder.encode(model, image, task=args.task or model.tasks[0], rate=args.rate)
     try:
         write_bytes(out, data)
     except OSError as e:
         raise _cannot_write(out, e) from e
     s = data.sections
-    print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task} (header {s.header}, "
-          f"z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
+    at = "" if data.rate is None else f", rate {data.rate:.4g}"
+    print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task}{at} (header "
+          f"{s.header}, z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
     return 0
 
 
@@ -163,7 +182,8 @@ def _cmd_decode(args) -> int:
             Image.fromarray(colorize(out.task, pred)).save(tmp, format="PNG")
     except OSError as e:
         raise _cannot_write(outdir, e) from e
-    print(f"decoded {out.task} {tuple(pred.shape)} -> {outdir}")
+    at = "" if out.rate is None else f" at rate {out.rate:.4g}"
+    print(f"decoded {out.task} {tuple(pred.shape)}{at} -> {outdir}")
     return 0
 
 
@@ -171,7 +191,8 @@ def _cmd_demo(args) -> int:
     from icm_core.studies.demo import run_demo
 
     report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas, task=args.task,
-                      extra_overrides=args.overrides)
+                      extra_overrides=args.overrides, variable_rate=args.variable_rate,
+                      rate_points=args.rate_points)
     print(f"report: {report}")
     return 0
 
@@ -197,6 +218,16 @@ def _cmd_compare(args) -> int:
 DEMO_STEPS = 200  # = icm_core.studies.demo.DEFAULT_STEPS (light import)
 
 
+def _rates_arg(text: str):
+    """``--rates``: ``7`` (that many evenly spaced) or ``0,0.5,1`` (those rates)."""
+    try:
+        return int(text) if "," not in text and "." not in text else [
+            float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (e.g. 7) or rates in [0, 1] "
+                                         "(e.g. 0,0.5,1)") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icm",
@@ -218,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
     ev.add_argument("--max-images", type=int, default=None, help="evaluate on the first N val images")
     ev.add_argument("--out", default=None, help="folder for results-<task>.json/.csv (default: the run)")
+    ev.add_argument("--rates", type=_rates_arg, default=None,
+                    help="variable-rate runs: N evenly spaced rates in [0, 1], or a comma list "
+                    "of rates (default: 7 evenly spaced)")
     ev.set_defaults(func=_cmd_eval)
 
     enc = sub.add_parser("encode", help="compress an image into an .icm stream")
@@ -225,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--checkpoint", required=True)
     enc.add_argument("-o", "--output", required=True)
     enc.add_argument("--task", default=None, help="task to code for (default: the first)")
+    enc.add_argument("--rate", type=float, default=None,
+                     help="variable-rate runs: the rate in [0, 1], 0 the lowest trained, 1 the "
+                     "highest (default 1); the stream records it")
     enc.set_defaults(func=_cmd_encode)
 
     dec = sub.add_parser("decode", help="decode an .icm stream into predictions (PNG/NPY + preview)")
@@ -241,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,
                       help="default: the task's ladder (icm_core.studies.demo.TASK_LAMBDAS; semseg "
                       "0.25 1 4, depth 0.03 0.1 0.25)")
+    demo.add_argument("--variable-rate", action="store_true",
+                      help="train ONE variable-rate model (experiment=quick_vr) and draw its curve "
+                      "at --rate-points rates; --lambdas are then its anchors (default: the "
+                      "task's icm_core.studies.demo.TASK_RATE_LAMBDAS) and --steps its steps")
+    demo.add_argument("--rate-points", type=int, default=7,
+                      help="with --variable-rate: evenly spaced rates in [0, 1] (default 7)")
     demo.add_argument("overrides", nargs="*",
                       help="config overrides on top of the quick preset, e.g. backbone=tiny_random")
     demo.set_defaults(func=_cmd_demo)

@@ -45,6 +45,8 @@ def _base_label(s: dict) -> str:
         label += " no-intersup"
     if s.get("compression") is False:
         label += " uncompressed"
+    if s.get("variable_rate"):
+        label += " variable-rate"
     return label
 
 
@@ -70,13 +72,14 @@ def curves_from_points(points: list[RAPoint]) -> list[Curve]:
                             tuple(p.bpp for p in pts), tuple(p.value for p in pts),
                             tuple(p.lmbda for p in pts), tuple(p.run for p in pts),
                             {k: v for k, v in first.settings.items() if k != "name"},
-                            texts=tuple(f"λ={p.lmbda:g}" for p in pts)))
+                            texts=tuple(f"λ={p.lmbda:g}" if p.rate is None
+                                        else f"r={p.rate:.3g} λ={p.lmbda:.3g}" for p in pts)))
     return sorted(curves, key=lambda c: (c.task, c.label))
 
 
 def _point_text(point: dict) -> str:
     parts = [f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}"
-             for k in ("lmbda", "quality", "scale") if point.get(k) is not None]
+             for k in ("rate", "lmbda", "quality", "scale") if point.get(k) is not None]
     return " ".join(parts)
 
 
@@ -135,6 +138,7 @@ class RAPoint:
     images: int
     lmbda: float
     settings: dict = field(default_factory=dict)  # what the run was (adapter, decoder, steps...)
+    rate: float | None = None  # variable-rate runs: the rate in [0, 1] (lmbda: what it stands for)
 
 
 def compressai_json(name: str, description: str, results: list[EvalResult]) -> dict:
@@ -143,17 +147,22 @@ def compressai_json(name: str, description: str, results: list[EvalResult]) -> d
     out = {"bpp": [r.bpp for r in pts], "bpp_estimated": [r.bpp_estimated for r in pts]}
     for r in pts:
         out.setdefault(r.metric, []).append(r.value)
-    return {"name": name, "description": description, "results": out,
-            "task": pts[0].task if pts else None, "images": pts[0].images if pts else 0}
+    doc = {"name": name, "description": description, "results": out,
+           "task": pts[0].task if pts else None, "images": pts[0].images if pts else 0}
+    if any(r.rate is not None for r in pts):  # a variable-rate model: each point's rate
+        doc["points"] = [{"rate": r.rate} for r in pts]
+    return doc
 
 
 
 def results_csv(results: list[EvalResult]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["task", "metric", "value", "bpp", "bpp_estimated", "images"])
+    rated = any(r.rate is not None for r in results)  # variable rate: a rate column
+    w.writerow(["task", "metric", "value", "bpp", "bpp_estimated", "images"] + ["rate"] * rated)
     for r in results:
-        w.writerow([r.task, r.metric, r.value, r.bpp, r.bpp_estimated, r.images])
+        w.writerow([r.task, r.metric, r.value, r.bpp, r.bpp_estimated, r.images]
+                   + [r.rate] * rated)
     return buf.getvalue()
 
 

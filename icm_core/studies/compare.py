@@ -40,6 +40,7 @@ from icm_core.baselines import classical
 from icm_core.codec import coder
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.files import atomic_path, write_text
+from icm_core.models import rate as vr
 
 SMALL_LADDERS = classical.SMALL_LADDERS
 """Each registered codec's small ladder (``ladder="small"``): ``classical.register_codec``."""
@@ -462,8 +463,9 @@ def bd_rows_of(curves: Sequence[Curve]) -> list[dict]:
 def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log,
                     options: dict):
     """(task, [Curve], [Complexity]) of the learned codec: one curve per configuration name,
-    one point per run, scored through real streams."""
-    from icm_core.evaluation.evaluate import evaluate
+    one point per run (a variable-rate run: one per rate of its default sweep), scored through
+    real streams."""
+    from icm_core.evaluation.evaluate import evaluate_rates
     from icm_core.tasks.registry import get_task
 
     found = []
@@ -478,9 +480,8 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
                 continue
             pts = []
             for r, m in rows:
-                res = evaluate(m, ds, task, per_image=False,
-                               metric_options=options.get(task))
-                pts.append((res, r, m))
+                pts.extend((res, r, m) for res in evaluate_rates(
+                    m, ds, task, per_image=False, metric_options=options.get(task)))
             spec = get_task(task)
             m0 = rows[0][1]
             desc = (f"{gname}: {m0.cfg.backbone.name}, adapter {m0.cfg.adapter.mode} "
@@ -488,7 +489,9 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
             curve = Curve(
                 name, task, spec.metric, spec.higher_is_better, [p[0].bpp for p in pts],
                 [p[0].value for p in pts], "learned", desc, refs.get(task),
-                [{"run": str(r), "lmbda": m.cfg.lmbda} for _, r, m in pts])
+                [{"run": str(r), "lmbda": m.cfg.lmbda} if res.rate is None else
+                 {"run": str(r), "rate": res.rate,
+                  "lmbda": vr.lambda_at(res.rate, m.rate_lambdas)} for res, r, m in pts])
             log(f"{task}: {name} at {len(pts)} lambda(s) evaluated through real streams")
             mid = rows[len(rows) // 2]
             found.append((task, [curve], [_learned_complexity(task, name, mid[0], mid[1], ds,
