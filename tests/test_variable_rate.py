@@ -49,10 +49,13 @@ def fixed():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A variable-rate run trained a few dozen steps, with its checkpoint."""
+    """A variable-rate depth run trained a few dozen steps, with its checkpoint: on the shipped
+    synthetic-pretrained backbone, whose features the codec learns to use within 60 steps (on
+    random weights a 40-step model predicts about the same at every rate)."""
     out = tmp_path_factory.mktemp("vr") / "run"
-    cfg = tiny_config(*VR, "train.max_steps=40", "train.batch_size=4", "train.lr=2e-3",
-                      "data.val_length=4", "model.rate_lambdas=[0.01,1.0,100.0]", f"out_dir={out}")
+    cfg = tiny_config(*VR, "tasks=[depth]", "backbone=tiny_synthetic", "train.max_steps=60",
+                      "train.batch_size=4", "train.head_lr=3e-3", "data.val_length=4",
+                      "model.rate_lambdas=[0.01,1.0,100.0]", f"out_dir={out}")
     trainer = Trainer(cfg)
     trainer.fit(progress=False)
     return trainer, out
@@ -222,15 +225,17 @@ def test_each_step_trains_one_anchor_with_its_lambda(tmp_path):
 
 def test_briefly_trained_model_spends_more_bytes_at_higher_rates(trained):
     trainer, _ = trained
-    results = evaluate_rates(trainer.model, trainer.val_set, "semseg", rates=5, per_image=False)
+    results = evaluate_rates(trainer.model, trainer.val_set, "depth", rates=5, per_image=False)
     assert [r.rate for r in results] == vr.sweep(5)
     nbytes = [r.bpp for r in results]
     est = [r.bpp_estimated for r in results]
-    # real bytes have a floor (header, three rANS flushes) that the lowest rates may share
-    assert all(a <= b for a, b in zip(nbytes, nbytes[1:])) and nbytes[0] < nbytes[-1], nbytes
-    assert all(a < b for a, b in zip(est, est[1:])), est
-    # lambda 0.01 against 100: the top anchor is the better predictor
-    assert results[-1].value > results[0].value, ([r.value for r in results], nbytes, est)
+    # the lowest rates may share a floor: every element coded as its mean (lambda 0.01), and
+    # the real bytes' header and three rANS flushes
+    for curve in (nbytes, est):
+        assert all(a <= b for a, b in zip(curve, curve[1:])) and curve[0] < curve[-1], curve
+        assert curve[2] < curve[3] < curve[4], curve  # above the floor: strictly more
+    # lambda 0.01 against 100: the top anchor is the better predictor (RMSE: lower)
+    assert results[-1].value < 0.99 * results[0].value, ([r.value for r in results], nbytes, est)
 
 
 def test_training_reports_every_anchor(trained):
@@ -239,7 +244,7 @@ def test_training_reports_every_anchor(trained):
     lines = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
     assert sorted(d["rate"] for d in lines if d["kind"] == "eval") == vr.anchor_rates(3)
     steps = [d for d in lines if d["kind"] == "step"]
-    assert {d["lmbda"] for d in steps} <= {0.01, 1.0, 100.0} and len(steps) == 40
+    assert {d["lmbda"] for d in steps} == {0.01, 1.0, 100.0} and len(steps) == 60
 
 
 # -- checkpoints, evaluation, CLI -------------------------------------------------------------
@@ -249,11 +254,11 @@ def test_checkpoint_loads_and_codes_at_any_rate(trained):
     assert model.variable_rate and model.rate_lambdas == (0.01, 1.0, 100.0)
     x = trainer.val_set[0]["image"].unsqueeze(0)
     for rate in (0.0, 0.123, 0.5, 0.999, 1.0):
-        data = coder.encode(model, x, "semseg", rate=rate)
+        data = coder.encode(model, x, "depth", rate=rate)
         assert torch.equal(coder.decode(model, data).prediction,
-                           model.predict(x, "semseg", rate=rate).prediction)
+                           model.predict(x, "depth", rate=rate).prediction)
         # the reloaded task file codes exactly as the trained model
-        assert bytes(data) == bytes(coder.encode(trainer.model, x, "semseg", rate=rate))
+        assert bytes(data) == bytes(coder.encode(trainer.model, x, "depth", rate=rate))
 
 
 def test_ra_curves_sweep_a_variable_rate_run(trained):
@@ -263,7 +268,7 @@ def test_ra_curves_sweep_a_variable_rate_run(trained):
     assert [p.lmbda for p in pts] == [0.01, 1.0, 100.0]  # the anchors' lambdas
     assert pts[0].settings["variable_rate"] is True
     assert [p.bpp for p in run_points(out, rates=3, max_images=2)] == [p.bpp for p in pts]  # cached
-    single = evaluate(load_checkpoint(out)[0], [], "semseg", rate=0.5)
+    single = evaluate(load_checkpoint(out)[0], [], "depth", rate=0.5)
     assert single.rate == 0.5 and single.images == 0
 
 
@@ -281,7 +286,7 @@ def test_cli_encode_decode_info_and_eval(trained, tmp_path, capsys):
         sizes.append(f.stat().st_size)
         assert main(["decode", str(f), "--checkpoint", str(out), "-o", str(tmp_path / "dec")]) == 0
         assert f"at rate {float(rate):g}" in capsys.readouterr().out
-        assert (tmp_path / "dec" / f"r{rate}.semseg.png").is_file()
+        assert np.load(tmp_path / "dec" / f"r{rate}.depth.npy").shape == (1, 50, 70)
     assert sizes[0] < sizes[1]
     assert main(["encode", str(tmp_path / "in.png"), "--checkpoint", str(out), "--rate", "1.5",
                  "-o", str(tmp_path / "bad.icm")]) == 2
@@ -289,7 +294,7 @@ def test_cli_encode_decode_info_and_eval(trained, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("ConfigError: rate=1.5 is outside")
     assert main(["eval", str(out), "--max-images", "1", "--rates", "3",
                  "--out", str(tmp_path / "ev")]) == 0
-    doc = json.loads((tmp_path / "ev" / "results-semseg.json").read_text())
+    doc = json.loads((tmp_path / "ev" / "results-depth.json").read_text())
     assert len(doc["results"]["bpp"]) == 3 and sorted(p["rate"] for p in doc["points"]) == [0, .5, 1]
     capsys.readouterr()
     assert main(["info", "experiment=quick_vr"]) == 0
