@@ -123,10 +123,13 @@ def _cmd_pretrain(args) -> int:
 def _cmd_eval(args) -> int:
     run_data = load_config_file(resolve_checkpoint_dir(args.checkpoint)).data
     data = data_config(args.overrides, run_data, "icm eval") if args.overrides else None
-    for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images, data=data):
+    for w in evaluate_run(args.checkpoint, args.out, max_images=args.max_images, data=data,
+                          rates=args.rates):
         c = w.curve
-        bpp = "n/a (no compression)" if c.bpp[0] is None else f"{c.bpp[0]:.4f}"
-        print(f"{c.task}: {c.metric}={c.values[0]:.3f} bpp={bpp} -> {w.json_path}")
+        for b, v, pt in zip(c.bpp, c.values, c.points or [{}] * len(c.bpp)):
+            bpp = "n/a (no compression)" if b is None else f"{b:.4f}"
+            at = "" if pt.get("rate") is None else f" rate={pt['rate']:.3f}"
+            print(f"{c.task}:{at} {c.metric}={v:.3f} bpp={bpp} -> {w.json_path}")
     return 0
 
 
@@ -142,23 +145,26 @@ def _writable_path(path, kind: str) -> Path:
 
 def _cmd_encode(args) -> int:
     out = _writable_path(args.output, "file")
-    data = encode_file(args.image, args.checkpoint, out, task=args.task)
+    data = encode_file(args.image, args.checkpoint, out, task=args.task, rate=args.rate)
     s = data.sections
-    print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task} (header {s.header}, "
-          f"z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
+    at = "" if data.rate is None else f", rate {data.rate:.4g}"
+    print(f"{out}: {len(data)} bytes, {data.bpp:.4f} bpp, task {data.task}{at} (header "
+          f"{s.header}, z {s.z}, step 1 {s.step1}, step 2 {s.step2} bytes)")
     return 0
 
 
 def _cmd_decode(args) -> int:
     outdir = _writable_path(args.output, "folder")
     decoded = decode_file(args.file, args.checkpoint, outdir)
-    print(f"decoded {decoded.task} {decoded.shape} -> {outdir}")
+    at = "" if decoded.rate is None else f" at rate {decoded.rate:.4g}"
+    print(f"decoded {decoded.task} {decoded.shape}{at} -> {outdir}")
     return 0
 
 
 def _cmd_demo(args) -> int:
     report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas, task=args.task,
-                      extra_overrides=args.overrides)
+                      extra_overrides=args.overrides, variable_rate=args.variable_rate,
+                      rate_points=args.rate_points)
     print(f"report: {report}")
     return 0
 
@@ -195,6 +201,16 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _rates_arg(text: str):
+    """``--rates``: ``7`` (that many evenly spaced) or ``0,0.5,1`` (those rates)."""
+    try:
+        return int(text) if "," not in text and "." not in text else [
+            float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (e.g. 7) or rates in [0, 1] "
+                                         "(e.g. 0,0.5,1)") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="icm",
@@ -216,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")
     ev.add_argument("--max-images", type=int, default=None, help="evaluate on the first N val images")
     ev.add_argument("--out", default=None, help="folder for results-<task>.json/.csv (default: the run)")
+    ev.add_argument("--rates", type=_rates_arg, default=None,
+                    help="variable-rate runs: N evenly spaced rates in [0, 1], or a comma list "
+                    "of rates (default: 7 evenly spaced)")
     ev.add_argument("overrides", nargs="*", help="the data to evaluate on (default: the run's): "
                     "data=NAME and data.KEY=VALUE, e.g. data.root=/data/NYUD_MT")
     ev.set_defaults(func=_cmd_eval)
@@ -225,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--checkpoint", required=True)
     enc.add_argument("-o", "--output", required=True)
     enc.add_argument("--task", default=None, help="task to code for (default: the first)")
+    enc.add_argument("--rate", type=float, default=None,
+                     help="variable-rate runs: the rate in [0, 1], 0 the lowest trained, 1 the "
+                     "highest (default 1); the stream records it")
     enc.set_defaults(func=_cmd_encode)
 
     dec = sub.add_parser("decode", help="decode an .icm stream into predictions (PNG/NPY + preview)")
@@ -242,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,
                       help="default: the task's ladder (icm_core.studies.demo.TASK_LAMBDAS; semseg "
                       "0.25 1 4, depth 0.03 0.1 0.25)")
+    demo.add_argument("--variable-rate", action="store_true",
+                      help="train ONE variable-rate model (experiment=quick_vr) and draw its curve "
+                      "at --rate-points rates; --lambdas are then its anchors (default: the "
+                      "task's icm_core.studies.demo.TASK_RATE_LAMBDAS) and --steps its steps")
+    demo.add_argument("--rate-points", type=int, default=7,
+                      help="with --variable-rate: evenly spaced rates in [0, 1] (default 7)")
     demo.add_argument("overrides", nargs="*",
                       help="config overrides on top of the quick preset, e.g. backbone=tiny_random "
                       "or data=nyud data.root=/data/NYUD_MT")

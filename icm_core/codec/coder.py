@@ -1,10 +1,15 @@
 """One image, one task, real bytes: what a sender writes and what a receiver reads.
 
     sender:   image -> ICMModel.analysis (backbone + task adapter + preliminary decoder + Proj)
-              -> y -> entropy model (CPU, float32) -> [z, step 1, step 2] rANS sections
-              -> container (bitstream.py): header with the weights' fingerprint, CRC
+              -> y [/ q_enc(rate)] -> entropy model (CPU, float32) -> [z, step 1, step 2]
+              rANS sections -> container (container.py): header with the weights'
+              fingerprint [and the rate], CRC
     receiver: bytes -> unpack (size, budget and CRC checks) -> fingerprint check
-              -> entropy decoding -> y_hat -> TaskHead.synthesis (low-complexity decoder)
+              -> entropy decoding -> y_hat [* q_dec(rate)] -> TaskHead.synthesis
+
+The bracketed steps are those of a variable-rate model (``icm_core.models.rate``): the stream
+carries its rate, so decoding needs nothing but the task file. Fixed-rate models write the
+same bytes as before variable rate existed (container format 1).
 
 Encoder and decoder must compute bit-identical entropy parameters; GPU kernels need not, so
 bits are always coded by a CPU float32 copy of the task's entropy model (refreshed whenever its
@@ -22,6 +27,7 @@ import torch
 
 from icm_core.codec.container import MAX_PIXELS, Packet, pack, unpack
 from icm_core.errors import BitstreamError, ConfigError
+from icm_core.models import rate as vr
 from icm_core.models.decoder import AttentionMaps
 from icm_core.models.entropy import TABLE_BUFFERS, DualSpatialEntropyModel, bits_of
 
@@ -45,6 +51,7 @@ class EncodedImage(bytes):
 
     Attributes:
         task, height, width: what the stream codes.
+        rate: the rate it codes at (variable-rate models, on the stream's grid), else None.
         sections: ``SectionSizes``; ``sections.total == len(self)``.
         bits_y, bits_z: the entropy model's estimate of the y and z sections, in bits.
     """
@@ -55,12 +62,13 @@ class EncodedImage(bytes):
     sections: SectionSizes
     bits_y: float
     bits_z: float
+    rate: float | None
 
     def __new__(cls, data: bytes, *, task: str, height: int, width: int, sections: SectionSizes,
-                bits_y: float, bits_z: float):
+                bits_y: float, bits_z: float, rate: float | None = None):
         obj = super().__new__(cls, data)
         obj.task, obj.height, obj.width, obj.sections = task, height, width, sections
-        obj.bits_y, obj.bits_z = bits_y, bits_z
+        obj.bits_y, obj.bits_z, obj.rate = bits_y, bits_z, rate
         return obj
 
     def __reduce__(self):  # pickling (e.g. to worker processes) keeps the attributes
@@ -91,6 +99,7 @@ class DecodedOutput:
     y_hat: torch.Tensor  # (1, M, h, w) what the decoder received
     image_size: tuple[int, int]
     attention: list[AttentionMaps] | None = None
+    rate: float | None = None  # what the stream says (variable-rate models), else None
 
 
 def entropy_model(model, task: str) -> DualSpatialEntropyModel:
@@ -139,20 +148,25 @@ def cpu_coder(model, task: str) -> DualSpatialEntropyModel:
     return cached[1]
 
 
-def encode(model, image: torch.Tensor, task: str | None = None) -> EncodedImage:
+def encode(model, image: torch.Tensor, task: str | None = None, *,
+           rate: float | None = None) -> EncodedImage:
     """One image (3, H, W) or (1, 3, H, W) in [0, 1] -> its stream for ``task``.
 
-    The encoder runs once: the same y gives the sections and the entropy model's estimate.
+    ``rate`` in [0, 1]: variable-rate models only (default 1, the highest trained rate); the
+    stream records it. The encoder runs once: the same y gives the sections and the entropy
+    model's estimate.
     """
     task = model.task_arg(task)
     image = image.unsqueeze(0) if image.dim() == 3 else image
     if image.dim() != 4 or image.shape[:2] != (1, 3):
         raise ConfigError(f"encode takes one image (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
     entropy_model(model, task)  # a clear error without compression
+    head = model.heads[task]
+    code = head.rate_code(rate)  # a clear error for a bad rate, before the encoder runs
     H, W = (int(v) for v in image.shape[-2:])
     with model.reading(task):  # weights, coder and fingerprint from one moment
         _, y, _ = model.analysis(image.float().to(model.device), task)
-        y = y.float().cpu()
+        y = head.to_coded(y.float(), code).cpu()
         coder = cpu_coder(model, task)
         coded = coder.compress(y)
         est = coder(y)  # eval mode: likelihoods of the values really coded
@@ -160,10 +174,10 @@ def encode(model, image: torch.Tensor, task: str | None = None) -> EncodedImage:
     bits_y = float(bits_of(est.likelihoods["y"]).sum())
     bits_z = float(bits_of(est.likelihoods["z"]).sum())
     sections = tuple(coded["strings"])
-    data = pack(Packet(task, fp, H, W, sections))
+    data = pack(Packet(task, fp, H, W, sections, code))
     sizes = SectionSizes(len(data) - sum(len(s) for s in sections), *(len(s) for s in sections))
     return EncodedImage(data, task=task, height=H, width=W, sections=sizes, bits_y=bits_y,
-                        bits_z=bits_z)
+                        bits_z=bits_z, rate=None if code is None else vr.rate_of_code(code))
 
 
 def decode(model, data: bytes, *, max_pixels: int | None = None,
@@ -178,9 +192,15 @@ def decode(model, data: bytes, *, max_pixels: int | None = None,
     task = packet.task
     if task not in model.heads:
         raise BitstreamError(f"stream is for task {task!r}; this model has {list(model.tasks)}")
-    if model.heads[task].entropy is None:
+    head = model.heads[task]
+    if head.entropy is None:
         raise BitstreamError(f"stream is for task {task!r}, but this model has no compression "
                              "stage (model.compression=false) to decode it; use the compressing "
+                             "checkpoint that encoded it")
+    if (packet.rate_code is None) == head.variable_rate:
+        has = "no rate (a fixed-rate stream)" if packet.rate_code is None else "a rate"
+        raise BitstreamError(f"stream for task {task!r} carries {has}, but this model is "
+                             f"{'variable' if head.variable_rate else 'fixed'}-rate; use the "
                              "checkpoint that encoded it")
     Hp, Wp = model.padded_size(packet.height, packet.width)
     s, p = model.stride, model.backbone.stride  # z and y strides
@@ -193,11 +213,12 @@ def decode(model, data: bytes, *, max_pixels: int | None = None,
         # a damaged or foreign payload raises BitstreamError; anything else is a bug
         y_hat = cpu_coder(model, task).decompress(list(packet.sections), (Hp // s, Wp // s),
                                                   (Hp // p, Wp // p))
-        y_hat = y_hat.to(model.device)
-        dec = model.heads[task].synthesis(y_hat, (Hp, Wp), return_attention)
+        y_hat = head.from_coded(y_hat.to(model.device), packet.rate_code)
+        dec = head.synthesis(y_hat, (Hp, Wp), return_attention)
     size = (packet.height, packet.width)
+    rate = None if packet.rate_code is None else vr.rate_of_code(packet.rate_code)
     return DecodedOutput(task, dec.prediction[..., : packet.height, : packet.width], y_hat, size,
-                         dec.attention)
+                         dec.attention, rate)
 
 
 __all__ = ["EncodedImage", "SectionSizes", "DecodedOutput", "encode", "decode", "fingerprint",

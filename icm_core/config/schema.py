@@ -24,6 +24,8 @@ LOW_RANK_MODES = ("dora", "lora")  # rank, alpha and targets mean something
 BACKBONE_OWNING_MODES = ("full", "scratch")  # one backbone copy per task: one task per run
 TARGET_NAMES = ("q", "k", "v", "o", "up", "down")
 DECODER_KINDS = ("low", "full")
+# = icm_core.models.rate.MAX_ANCHORS (config may not import models; test_variable_rate checks)
+MAX_RATE_ANCHORS = 13
 
 
 def _at_least(name: str, value, low, hint: str = "") -> None:
@@ -129,6 +131,14 @@ class ModelConfig:
     decoder_heads: int = _help("attention heads in every decoder stage", 2)
     inter_sup: bool = _help("supervise the preliminary predictions (False: 'No InterSup')", True)
     compression: bool = _help("compress the latent (False: the uncompressed 'Baseline')", True)
+    variable_rate: bool = _help("one task file for every rate: learned per-channel quantization "
+                                "steps at the anchors of model.rate_lambdas, interpolated between "
+                                "them (EVC/DCVC q_scale); code with rate r in [0, 1]. False: one "
+                                "model per lambda (the paper's protocol, lmbda)", False)
+    rate_lambdas: list[float] = _help("variable rate: the anchors' lambdas, ascending, 2 to "
+                                      f"{MAX_RATE_ANCHORS}; each step trains one, drawn at random; "
+                                      "rate 0 codes at the first, rate 1 at the last",
+                                      factory=list)
 
     def __post_init__(self):
         _at_least("model.prelim_width", self.prelim_width, 1)
@@ -149,9 +159,30 @@ class ModelConfig:
             if len(getattr(self, name)) != stages:
                 raise ConfigError(f"model.{name}={list(getattr(self, name))} needs {stages} entries "
                                   f"for the {self.decoder!r} decoder")
+        self._check_rates()
         if any(d % self.decoder_heads for d in self.decoder_dims):
             raise ConfigError(f"model.decoder_dims={list(self.decoder_dims)} must all be divisible by "
                               f"model.decoder_heads={self.decoder_heads}")
+
+    def _check_rates(self) -> None:
+        lams = list(self.rate_lambdas)
+        if self.variable_rate and not self.compression:
+            raise ConfigError("model.variable_rate=true needs model.compression=true: without "
+                              "compression there is no rate to vary")
+        if self.variable_rate and len(lams) < 2:
+            raise ConfigError(f"model.rate_lambdas={lams}: variable rate needs at least 2 anchor "
+                              "lambdas, ascending, e.g. [0.0625, 0.25, 1, 4]")
+        if not lams:
+            return
+        if len(lams) > MAX_RATE_ANCHORS:
+            raise ConfigError(f"model.rate_lambdas has {len(lams)} anchors; at most "
+                              f"{MAX_RATE_ANCHORS} (the stream's rate grid hits each exactly)")
+        for v in lams:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ConfigError(f"model.rate_lambdas={lams}: every lambda must be a number > 0")
+        if any(b <= a for a, b in zip(lams, lams[1:])):
+            raise ConfigError(f"model.rate_lambdas={lams} must be strictly ascending (anchor 0 is "
+                              "the lowest rate)")
 
 
 @dataclass

@@ -214,6 +214,10 @@ def model_info(overrides) -> dict:
         "dataset": cfg.data.name,
         "compression": cfg.model.compression,
         "decoder": cfg.model.decoder,
+        "variable_rate": model.variable_rate,
+        # variable rate: rates 0 .. 1 code at the anchors' lambdas, lowest first
+        "rate_range": ({"rate": [0.0, 1.0], "lambdas": list(model.rate_lambdas)}
+                       if model.variable_rate else None),
     }
 
 

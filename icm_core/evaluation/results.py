@@ -59,7 +59,10 @@ def run_settings(cfg: ExperimentConfig) -> dict:
             "compression": cfg.model.compression, "decoder": cfg.model.decoder,
             "inter_sup": cfg.model.inter_sup, "backbone": cfg.backbone.name,
             "weights_source": source, "steps": cfg.train.max_steps, "size": list(cfg.data.size),
-            "dataset": cfg.data.name}
+            "dataset": cfg.data.name,
+            # a variable-rate run is a curve by itself, never grouped with per-lambda runs
+            **({"variable_rate": True, "rate_lambdas": list(cfg.model.rate_lambdas)}
+               if cfg.model.variable_rate and cfg.model.compression else {})}
 
 
 def sweep_key(settings: dict) -> dict:
@@ -74,6 +77,8 @@ def _rate_order(bpp: Sequence) -> list[int]:
 
 def _point_text(point: dict) -> str:
     parts = []
+    if point.get("rate") is not None:  # a variable-rate model's rate parameter in [0, 1]
+        parts.append(f"r={point['rate']:.3g}")
     if point.get("lmbda") is not None:
         parts.append(f"λ={point['lmbda']:g}")
     for k in ("quality", "scale"):
@@ -175,7 +180,8 @@ class Curve:
 
 def eval_curve(name: str, description: str, results: Sequence[EvalResult], *,
                points: Sequence[dict] | None = None, kind: str = "learned") -> Curve:
-    """``evaluate``'s results of one task (one per run or lambda) as a curve, in their order."""
+    """``evaluate``'s results of one task (one per run, lambda or rate) as a curve, in their
+    order; a variable-rate model's points record the ``rate`` each was coded at."""
     if not results:
         raise ConfigError(f"results {name!r}: no evaluation to write")
     r0 = results[0]
@@ -183,9 +189,11 @@ def eval_curve(name: str, description: str, results: Sequence[EvalResult], *,
     if other:
         raise ConfigError(f"results {name!r} mix {r0.task}/{r0.metric} with "
                           f"{other[0].task}/{other[0].metric}; write one file per task")
+    points = list(points) if points is not None else []
+    if any(r.rate is not None for r in results):
+        points = [{**(points[i] if points else {}), "rate": r.rate} for i, r in enumerate(results)]
     return Curve(name, r0.task, r0.metric, r0.higher_is_better, [r.bpp for r in results],
-                 [r.value for r in results], kind, description,
-                 points=list(points) if points is not None else [],
+                 [r.value for r in results], kind, description, points=points,
                  bpp_estimated=[r.bpp_estimated for r in results], images=r0.images,
                  bpp_payload=[r.bpp_payload for r in results])
 
@@ -236,13 +244,16 @@ def load_results(path: str | Path, metric: str | None = None) -> Curve:
 
 
 def results_csv(curve: Curve) -> str:
-    """One row per point, in the curve's order: task, metric, value, bpp, bpp_estimated, images."""
+    """One row per point, in the curve's order: task, metric, value, bpp, bpp_estimated, images
+    (and ``rate_param``, the rate in [0, 1] each point was coded at, for a variable-rate model)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(CSV_COLUMNS)
+    rated = any(p.get("rate") is not None for p in curve.points)
+    w.writerow(CSV_COLUMNS + ("rate_param",) * rated)
     est = curve.bpp_estimated or [None] * len(curve.bpp)
-    for b, v, e in zip(curve.bpp, curve.values, est):
-        w.writerow([curve.task, curve.metric, v, b, e, curve.images])
+    pts = curve.points or [{}] * len(curve.bpp)
+    for b, v, e, p in zip(curve.bpp, curve.values, est, pts):
+        w.writerow([curve.task, curve.metric, v, b, e, curve.images] + [p.get("rate")] * rated)
     return buf.getvalue()
 
 
@@ -272,6 +283,8 @@ def run_label(s: dict) -> str:
         label += " no-intersup"
     if s.get("compression") is False:
         label += " uncompressed"
+    if s.get("variable_rate"):
+        label += " variable-rate"
     return label
 
 
@@ -301,7 +314,9 @@ def group_runs(points: Sequence[Curve]) -> list[Curve]:
             [p.bpp[0] for p in pts], [p.values[0] for p in pts], "learned",
             f"{len(pts)} run(s) of {labels[g]}", None, [dict(p.points[0]) for p in pts],
             {k: v for k, v in first.settings.items() if k not in ("name", "lmbda")},
-            bpp_estimated=[(p.bpp_estimated or [None])[0] for p in pts], images=first.images))
+            bpp_estimated=[(p.bpp_estimated or [None])[0] for p in pts], images=first.images,
+            bpp_payload=([(p.bpp_payload or [None])[0] for p in pts]
+                         if all(p.bpp_payload for p in pts) else None)))
     return sorted(curves, key=lambda c: (c.task, c.name))
 
 

@@ -31,6 +31,7 @@ from icm_core.data.registry import make_dataset
 from icm_core.data.transforms import resize
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.inspection.runs import load_run, sweep_runs
+from icm_core.models import rate as vr
 from icm_core.models.decoder import AttentionMaps
 from icm_core.models.entropy import EntropyOutput, bits_of
 from icm_core.models.prelim import upsample_to
@@ -315,36 +316,42 @@ CACHE = InspectionCache()
 
 
 def inspect_image(model, source, task: str | None = None, *,
-                  cache: InspectionCache | None = CACHE) -> Inspection:
-    """Run ``task`` on one image and keep everything the views show (cached)."""
+                  cache: InspectionCache | None = CACHE, rate: float | None = None) -> Inspection:
+    """Run ``task`` on one image and keep everything the views show (cached); ``rate``: a
+    variable-rate model's rate in [0, 1] (default 1), refused by a fixed-rate one."""
     task = model.task_arg(task)
+    code = model.heads[task].rate_code(rate)
     if model.heads[task].entropy is None:
         raise ConfigError("this model has no compression stage (model.compression=false): there "
                           "are no bits to inspect; open a compressing run")
     src = resolve_image(source, model.cfg)
     with model.reading(task):  # one snapshot of the weights for the key and the pass
         key = (*weights_key(model, task), image_digest(src.image), task)
+        key = key if code is None else (*key, code)  # fixed rate: the key it always had
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             if hit.source.targets or not src.targets:
                 return hit
             hit.source = src  # same pixels, now with labels
             return hit
-        insp = _compute(model, src, task, key)
+        insp = _compute(model, src, task, key, code)
     if cache is not None:
         cache.put(key, insp)
     return insp
 
 
-def _compute(model, src: ImageSource, task: str, key: tuple) -> Inspection:
+def _compute(model, src: ImageSource, task: str, key: tuple, code: int | None) -> Inspection:
     H, W = src.image.shape[-2:]
     image = src.image.unsqueeze(0).to(model.device)
+    head = model.heads[task]
     coarse, y, padded = model.analysis(image, task)
     em = cpu_coder(model, task)  # the model that writes the stream, so bits match it
-    y = y.float().cpu()
+    y = head.to_coded(y.float(), code).cpu()  # variable rate: y / q_enc(rate), what is coded
     ent = em(y)
-    dec = model.heads[task].synthesis(ent.y_hat.to(model.device), padded, return_attention=True)
-    stream = coder.encode(model, src.image, task)
+    dec = head.synthesis(head.from_coded(ent.y_hat.to(model.device), code), padded,
+                         return_attention=True)
+    stream = coder.encode(model, src.image, task,
+                          rate=None if code is None else vr.rate_of_code(code))
     # bits had each element been coded with the hyperprior's parameters (as step 1 is)
     mu0, s0 = ent.hyper_means, ent.hyper_scales
     hyper_only = bits_of(em._y_likelihood(torch.round(y - mu0) + mu0, s0, mu0))[0]

@@ -33,13 +33,14 @@ def _cannot_write(path: Path, e: OSError) -> ConfigError:
 
 
 def encode_file(image: str | Path, checkpoint: str | Path, out: str | Path,
-                task: str | None = None) -> EncodedImage:
+                task: str | None = None, rate: float | None = None) -> EncodedImage:
     """Code the image file ``image`` for ``task`` (default: the checkpoint's first) with the
-    model of ``checkpoint`` into the stream file ``out``; -> the stream."""
+    model of ``checkpoint`` into the stream file ``out``; -> the stream. ``rate`` in [0, 1]:
+    a variable-rate model's rate (default 1, its highest); refused for a fixed-rate model."""
     out = Path(out)
     img = load_image(image)  # before the checkpoint: a bad image fails at once
     model, _ = load_checkpoint(checkpoint)
-    data = coder.encode(model, img, task=task or model.tasks[0])
+    data = coder.encode(model, img, task=task or model.tasks[0], rate=rate)
     try:
         write_bytes(out, data)
     except OSError as e:
@@ -83,6 +84,7 @@ class DecodedFiles:
     task: str
     shape: tuple[int, ...]  # of the prediction (C, H, W)
     files: list[Path]
+    rate: float | None = None  # the rate the stream records (variable-rate models)
 
 
 def decode_file(stream: str | Path, checkpoint: str | Path, outdir: str | Path) -> DecodedFiles:
@@ -96,7 +98,8 @@ def decode_file(stream: str | Path, checkpoint: str | Path, outdir: str | Path) 
     model, _ = load_checkpoint(checkpoint)
     out = coder.decode(model, data)
     pred = get_task(out.task).activate(out.prediction)[0].cpu()
-    return DecodedFiles(out.task, tuple(pred.shape), write_prediction(outdir, stream.stem, out.task, pred))
+    return DecodedFiles(out.task, tuple(pred.shape),
+                        write_prediction(outdir, stream.stem, out.task, pred), out.rate)
 
 
 def write_data_preview(out: str | Path, data: DataConfig, *, split: str = "train",

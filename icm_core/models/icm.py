@@ -45,6 +45,7 @@ from torch.nn.modules.conv import _ConvNd
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
 from icm_core.models import adapters as ad
+from icm_core.models import rate as vr
 from icm_core.models.backbone import Backbone
 from icm_core.models.decoder import AttentionMaps, DecoderOutput, TransformerDecoder
 from icm_core.models.entropy import (
@@ -77,6 +78,7 @@ class ICMOutput:
     attention: list[AttentionMaps] | None = None  # every decoder block, in decode order
     entropy: EntropyOutput | None = None  # priors and masks of the entropy model
     latent_stride: int = 16  # input pixels per latent position (the patch size)
+    rate: float | None = None  # variable rate: the rate coded at (on the stream's grid)
 
     @property
     def valid_latent_hw(self) -> tuple[int, int]:
@@ -152,6 +154,35 @@ class TaskHead(nn.Module):
         self.entropy = DualSpatialEntropyModel(m.latent_channels, m.hyper_channels) if m.compression else None
         self.decoder = TransformerDecoder(m.latent_channels, out_channels, m.decoder_dims,
                                           m.decoder_depths, m.decoder_heads, m.decoder)
+        self.rate_lambdas = tuple(m.rate_lambdas) if m.variable_rate else ()
+        if self.rate_lambdas:  # variable rate: per-anchor, per-channel quantization steps
+            q = vr.initial_steps(self.rate_lambdas).view(-1, 1, 1, 1)
+            q = q.expand(-1, m.latent_channels, 1, 1).clone()
+            self.q_scale_enc = nn.Parameter(q)  # (A, M, 1, 1): y is divided by it before coding
+            self.q_scale_dec = nn.Parameter(q.clone())  # y_hat is multiplied by it after
+
+    @property
+    def variable_rate(self) -> bool:
+        return bool(self.rate_lambdas)
+
+    def rate_code(self, rate: float | None) -> int | None:
+        """``rate`` -> its grid index (None: fixed-rate head). A variable-rate head codes at
+        ``rate`` (default 1: its highest anchor); a fixed-rate head refuses any rate."""
+        if not self.variable_rate:
+            if rate is not None:
+                raise ConfigError(f"rate={rate!r} given, but this model has one fixed rate "
+                                  "(model.variable_rate=false: one model per lambda); drop rate, "
+                                  "or train a variable-rate model (experiment=quick_vr)")
+            return None
+        return vr.rate_code(1.0 if rate is None else rate, self.rate_lambdas)
+
+    def to_coded(self, y: torch.Tensor, code: int | None) -> torch.Tensor:
+        """y -> what the entropy model codes: y / q_enc(rate) (y itself at a fixed rate)."""
+        return y if code is None else y / vr.interpolate(self.q_scale_enc, code).to(y)
+
+    def from_coded(self, y_hat: torch.Tensor, code: int | None) -> torch.Tensor:
+        """What the entropy model decoded -> the decoder's input: y_hat * q_dec(rate)."""
+        return y_hat if code is None else y_hat * vr.interpolate(self.q_scale_dec, code).to(y_hat)
 
     def analysis(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sender side: 4 backbone maps -> (coarse prediction, y), both (B, ., h, w)."""
@@ -271,17 +302,31 @@ class ICMModel(nn.Module):
             coarse, y = self.heads[task].analysis(feats)
         return coarse, y, (Hp, Wp)
 
+    @property
+    def variable_rate(self) -> bool:
+        """One task file codes at every rate in [0, 1] (``model.variable_rate``)."""
+        return self.cfg.model.variable_rate and self.compression
+
+    @property
+    def rate_lambdas(self) -> tuple[float, ...]:
+        """The anchors' lambdas (rate 0 .. 1); empty for a per-lambda model."""
+        return tuple(self.cfg.model.rate_lambdas) if self.variable_rate else ()
+
     def forward(self, image: torch.Tensor, task: str | None = None,
-                return_attention: bool = False, generator: torch.Generator | None = None) -> ICMOutput:
+                return_attention: bool = False, generator: torch.Generator | None = None,
+                rate: float | None = None) -> ICMOutput:
         """image (B, 3, H, W) in [0, 1] -> ``ICMOutput`` of ``task`` (train or eval mode as set).
 
         ``generator`` (on the image's device): where the rate noise of training mode is drawn
         from; a training run passes its own. None draws it from the global RNG.
+        ``rate`` in [0, 1]: variable-rate models only (default 1, the highest trained rate);
+        snapped to the stream's grid (``icm_core.models.rate``), as ``coder.encode`` does.
         """
         if image.dim() != 4 or image.shape[1] != 3:
             raise ConfigError(f"image of shape {tuple(image.shape)}: expected (B, 3, H, W) in [0, 1]")
         task = self.task_arg(task)
         head = self.heads[task]
+        code = head.rate_code(rate)
         H, W = image.shape[-2:]
         with self.lock:
             coarse, y, padded_hw = self.analysis(image, task)
@@ -289,14 +334,16 @@ class ICMModel(nn.Module):
             if head.entropy is not None:
                 # rates in float32 even under bf16 autocast: the coder needs the exact parameters
                 with torch.autocast(device_type=y.device.type, enabled=False):
-                    ent = head.entropy(y.float(), generator)
-                y_hat, likelihoods = ent.y_hat, ent.likelihoods
+                    ent = head.entropy(head.to_coded(y.float(), code), generator)
+                    y_hat = head.from_coded(ent.y_hat, code)
+                likelihoods = ent.likelihoods
             else:
                 y_hat, likelihoods = y, None
             dec = head.synthesis(y_hat, padded_hw, return_attention)
         preliminary = upsample_to(coarse, padded_hw)[..., :H, :W]
         return ICMOutput(task, dec.prediction[..., :H, :W], preliminary, y_hat, likelihoods,
-                         (int(H), int(W)), dec.attention, ent, self.backbone.stride)
+                         (int(H), int(W)), dec.attention, ent, self.backbone.stride,
+                         None if code is None else vr.rate_of_code(code))
 
     @contextlib.contextmanager
     def reading(self, task: str | None = None):
@@ -317,11 +364,11 @@ class ICMModel(nn.Module):
                     m.training = mode
 
     def predict(self, image: torch.Tensor, task: str | None = None,
-                return_attention: bool = False) -> ICMOutput:
+                return_attention: bool = False, rate: float | None = None) -> ICMOutput:
         """Eval-mode forward without gradients, whatever mode the model is in (safe while a
-        trainer holds the same model in another thread)."""
+        trainer holds the same model in another thread); ``rate`` as in ``forward``."""
         with self.reading():
-            return self(image.to(self.device), task, return_attention)
+            return self(image.to(self.device), task, return_attention, rate=rate)
 
     # -- task files ---------------------------------------------------------------------
     def task_state_dict(self, task: str | None = None, clone: bool = True) -> dict[str, torch.Tensor]:

@@ -58,7 +58,7 @@ from icm_core.data.held_out import HeldOut
 from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
 from icm_core.evaluation.cost import count_flops, model_flops, model_parameters
-from icm_core.evaluation.evaluate import evaluate
+from icm_core.evaluation.evaluate import evaluate_rates
 from icm_core.evaluation.results import (
     BD_COLUMNS,
     ENVELOPE,
@@ -69,6 +69,7 @@ from icm_core.evaluation.results import (
 )
 from icm_core.evaluation.score import code_images, reference_targets, score
 from icm_core.files import atomic_path, write_text
+from icm_core.models import rate as vr
 from icm_core.tasks.registry import get_task
 from icm_core.training.checkpoint import has_checkpoint, load_checkpoint
 from icm_core.viz.figures import comparison_figure
@@ -224,7 +225,8 @@ def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
 def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: bool, log,
                     options: dict, targets: dict):
     """(task, [Curve], [Complexity]) of the learned codec: one curve per configuration name,
-    one point per run, scored through real streams."""
+    one point per run (a variable-rate run: one per rate of its default sweep), scored through
+    real streams."""
     found = []
     groups: dict[str, list] = {}
     for r, m, _ in learned:
@@ -237,9 +239,9 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
                 continue
             pts = []
             for r, m in rows:
-                res = evaluate(m, ds.with_targets(task, targets[task]), task, per_image=False,
-                               metric_options=options.get(task))
-                pts.append((res, r, m))
+                pts.extend((res, r, m) for res in evaluate_rates(
+                    m, ds.with_targets(task, targets[task]), task, per_image=False,
+                    metric_options=options.get(task)))
             spec = get_task(task)
             m0 = rows[0][1]
             desc = (f"{gname}: {m0.cfg.backbone.name}, adapter {m0.cfg.adapter.mode} "
@@ -247,7 +249,9 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
             curve = Curve(
                 name, task, spec.metric, spec.higher_is_better, [p[0].bpp for p in pts],
                 [p[0].value for p in pts], "learned", desc, refs.get(task),
-                [{"run": str(r), "lmbda": m.cfg.lmbda} for _, r, m in pts],
+                [{"run": str(r), "lmbda": m.cfg.lmbda} if res.rate is None else
+                 {"run": str(r), "rate": res.rate,
+                  "lmbda": vr.lambda_at(res.rate, m.rate_lambdas)} for res, r, m in pts],
                 bpp_payload=[p[0].bpp_payload for p in pts])
             log(f"{task}: {name} at {len(pts)} lambda(s) evaluated through real streams")
             mid = rows[len(rows) // 2]

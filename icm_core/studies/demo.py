@@ -21,8 +21,10 @@ from torch.utils.data import Subset
 from icm_core.codec import coder
 from icm_core.config import load_config
 from icm_core.data.synthetic import SyntheticScenes
+from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS, evaluate, sweep_rates
 from icm_core.evaluation.results import eval_curve, write_results
 from icm_core.files import write_text
+from icm_core.models import rate as vr
 from icm_core.models.backbone import weights_notice, weights_source
 from icm_core.tasks.registry import get_task
 from icm_core.training.trainer import Trainer
@@ -50,6 +52,17 @@ accuracy and its lowest point keeps most of the uncompressed metric (README, "Of
 rate-accuracy"). A task's loss sets the scale: on depth and normals (L1 losses) lambda 1 and 4
 landed at nearly the same rate, and saliency reaches its uncompressed maxF at lambda 0.5 (above
 it the points are flat within noise), so their useful ranges lie lower."""
+TASK_RATE_LAMBDAS = {
+    "semseg": (0.0625, 0.25, 1.0, 4.0),
+    "human_parts": (0.0625, 0.25, 1.0, 4.0),
+    "depth": (0.01, 0.03, 0.1, 0.25),
+    "normals": (0.03, 0.1, 0.3, 1.0),
+    "saliency": (0.015, 0.05, 0.15, 0.5),
+    "boundary": (0.0625, 0.25, 1.0, 4.0),
+}
+"""The anchors of a variable-rate quick model per task (``experiment=quick_vr``, ``icm demo
+--variable-rate``): 4 anchors, about geometric, from one step below the task's ``TASK_LAMBDAS``
+ladder (where the classical codecs' envelope lives) to its highest lambda."""
 DEFAULT_LAMBDAS = TASK_LAMBDAS["semseg"]
 DEFAULT_STEPS = 200
 DEFAULT_SIZE = 128
@@ -58,45 +71,83 @@ DEFAULT_EVAL_SIZE = 256
 
 def default_lambdas(task: str) -> tuple[float, ...]:
     """The quick preset's lambda ladder for ``task`` (a name or alias)."""
-
     return TASK_LAMBDAS[get_task(task).name]
+
+
+def default_rate_lambdas(task: str) -> tuple[float, ...]:
+    """The variable-rate anchors' lambdas for ``task`` (a name or alias)."""
+    return TASK_RATE_LAMBDAS[get_task(task).name]
+
+
+def _train(overrides, eval_size: int | None, val_images: int, progress: bool) -> Trainer:
+    cfg = load_config(list(overrides))
+    trainer = Trainer(cfg)
+    if cfg.data.name != "synthetic":  # a real dataset: its first val_images val samples
+        trainer.val_set = Subset(trainer.val_set, range(min(val_images, len(trainer.val_set))))
+    elif eval_size is not None:  # the final evaluation's scenes (the same seeds, larger)
+        trainer.val_set = SyntheticScenes("val", size=(eval_size, eval_size), tasks=trainer.tasks,
+                                          seed=cfg.data.seed, length=val_images)
+    trainer.fit(progress=progress)
+    return trainer
+
+
+def _sweep(trainer: Trainer, task: str, rate_points) -> list:
+    """The variable-rate model's curve: its final evaluation at the anchors, plus the rates of
+    the sweep between them (evaluated here, on the same scenes)."""
+    done = {r.rate: r for r in trainer.final_results if r.task == task}
+    out = []
+    for rate in sweep_rates(trainer.model, rate_points):
+        if rate not in done:
+            done[rate] = evaluate(trainer.model, trainer.val_set, task, per_image=False,
+                                  rate=rate, device=trainer.device)
+        out.append(done[rate])
+    return out
 
 
 def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambdas=None,
              task: str = "semseg", val_images: int = 16, size: int = DEFAULT_SIZE, extra_overrides=(),
-             progress: bool = True, eval_size: int | None = DEFAULT_EVAL_SIZE) -> Path:
+             progress: bool = True, eval_size: int | None = DEFAULT_EVAL_SIZE,
+             variable_rate: bool = False, rate_points: int = DEFAULT_RATE_POINTS) -> Path:
     """Train the quick preset on ``task`` at each of ``lambdas`` (default: the task's ladder,
     ``TASK_LAMBDAS``) on ``size`` px scenes, evaluate on ``val_images`` validation scenes of
-    ``eval_size`` px (None: ``size``) and write the report; returns the path of ``report.html``."""
+    ``eval_size`` px (None: ``size``) and write the report; returns the path of ``report.html``.
+
+    ``variable_rate``: train one variable-rate model for ``steps`` steps instead, its anchors at
+    ``lambdas`` (default: the task's ``TASK_RATE_LAMBDAS``; written to ``out/vr``), and evaluate
+    it at ``rate_points`` evenly spaced rates."""
     out = Path(out)
-    lambdas = tuple(default_lambdas(task) if lambdas is None else lambdas)
-    results, trainers = [], []
-    for lm in lambdas:
-        cfg = load_config(["experiment=quick", f"task={task}", f"lmbda={lm}", f"train.max_steps={steps}",
-                           f"out_dir={out / f'lmbda-{lm:g}'}", f"data.val_length={val_images}",
-                           f"data.size=[{size},{size}]",
-                           *extra_overrides])
-        trainer = Trainer(cfg)
-        if cfg.data.name != "synthetic":  # a real dataset: its first val_images val samples
-            trainer.val_set = Subset(trainer.val_set, range(min(val_images, len(trainer.val_set))))
-        elif eval_size is not None:  # the final evaluation's scenes (the same seeds, larger)
-            trainer.val_set = SyntheticScenes("val", size=(eval_size, eval_size),
-                                              tasks=trainer.tasks, seed=cfg.data.seed,
-                                              length=val_images)
-        trainer.fit(progress=progress)
-        results.append(trainer.final_results[0])
-        trainers.append(trainer)
+    common = [f"task={task}", f"train.max_steps={steps}", f"data.val_length={val_images}",
+              f"data.size=[{size},{size}]"]
+    if variable_rate:
+        lambdas = tuple(default_rate_lambdas(task) if lambdas is None else lambdas)
+        ladder = ",".join(f"{lm!r}" for lm in map(float, lambdas))
+        trainer = _train(["experiment=quick_vr", *common, f"model.rate_lambdas=[{ladder}]",
+                          f"out_dir={out / 'vr'}", *extra_overrides], eval_size, val_images, progress)
+        results, trainers = _sweep(trainer, task, rate_points), [trainer]
+        points = [{"run": str(out / "vr"), "rate": r.rate,
+                   "lmbda": vr.lambda_at(r.rate, lambdas)} for r in results]
+        labels = [f"r={r.rate:.3g} (lambda {vr.lambda_at(r.rate, lambdas):.3g})" for r in results]
+        shown_rate = 0.5
+        how = (f"{steps} steps, one variable-rate model (anchors' lambdas "
+               f"{', '.join(f'{lm:g}' for lm in lambdas)}), {len(results)} rates")
+    else:
+        lambdas = tuple(default_lambdas(task) if lambdas is None else lambdas)
+        trainers = [_train(["experiment=quick", *common, f"lmbda={lm}",
+                            f"out_dir={out / f'lmbda-{lm:g}'}", *extra_overrides],
+                           eval_size, val_images, progress) for lm in lambdas]
+        results = [t.final_results[0] for t in trainers]
+        points = [{"run": str(out / f"lmbda-{lm:g}"), "lmbda": float(lm)} for lm in lambdas]
+        labels = [f"{lm:g}" for lm in lambdas]
+        shown_rate, how = None, f"{steps} steps per lambda"
     model = trainers[len(trainers) // 2].model
     shown = trainers[0].val_set[0]["image"].shape[-1]
     data = model.cfg.data
     where = "synthetic scenes" if data.name == "synthetic" else f"{data.name} ({data.root})"
     desc = (f"quick preset ({model.cfg.backbone.name}, {weights_source(model.cfg.backbone)} "
-            f"weights, DoRA r{model.cfg.adapter.rank}), {steps} steps per lambda on {where} "
+            f"weights, DoRA r{model.cfg.adapter.rank}), {how} on {where} "
             f"at {size} px, {len(trainers[0].val_set)} val images at {shown} px, real bitstreams")
     write_results(out / "results.json", out / "results.csv",
-                  eval_curve(f"demo-{task}", desc, results,
-                             points=[{"run": str(out / f"lmbda-{lm:g}"), "lmbda": float(lm)}
-                                     for lm in lambdas]))
+                  eval_curve(f"demo-{task}", desc, results, points=points))
     r0 = results[0]
     fig = ra_figure({"DoRA FT (quick), real bytes": ([r.bpp for r in results], [r.value for r in results]),
                      "same, estimated bits": ([r.bpp_estimated for r in results], [r.value for r in results])},
@@ -105,12 +156,16 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
     model.eval()
     with torch.no_grad():
         img = sample["image"].unsqueeze(0)
-        data = coder.encode(model, img, task=task)
+        data = coder.encode(model, img, task=task, rate=shown_rate)
         decoded = coder.decode(model, data).prediction[0]
-        bits = model.predict(img, task=task).bits_map()[0]
+        bits = model.predict(img, task=task, rate=shown_rate).bits_map()[0]
     panel = prediction_panel(sample["image"], sample[task], decoded, bits, task)
-    rows = "".join(f"<tr><td>{lm:g}</td><td>{r.bpp:.4f}</td><td>{r.bpp_estimated:.4f}</td>"
-                   f"<td>{r.value:.2f}</td></tr>" for lm, r in zip(lambdas, results))
+    rows = "".join(f"<tr><td>{html.escape(lab)}</td><td>{r.bpp:.4f}</td>"
+                   f"<td>{r.bpp_estimated:.4f}</td><td>{r.value:.2f}</td></tr>"
+                   for lab, r in zip(labels, results))
+    first = "rate (lambda)" if variable_rate else "lambda"
+    example = (f"rate {shown_rate:g}" if variable_rate
+               else f"lambda {lambdas[len(lambdas) // 2]:g}")
     mid = results[len(results) // 2]
     pixels = img.shape[-2] * img.shape[-1]
     overhead = (mid.bpp - mid.bpp_estimated) * pixels / 8  # measured: real bytes - estimate
@@ -123,12 +178,12 @@ def run_demo(out: str | Path = "demo_out", *, steps: int = DEFAULT_STEPS, lambda
 <p>{html.escape(desc)}.</p>
 {fig.to_html(full_html=False, include_plotlyjs=True)}
 <table border="1" cellpadding="4" style="border-collapse:collapse">
-<tr><th>lambda</th><th>bpp (real bytes)</th><th>bpp (estimated)</th><th>{r0.metric}</th></tr>{rows}</table>
+<tr><th>{first}</th><th>bpp (real bytes)</th><th>bpp (estimated)</th><th>{r0.metric}</th></tr>{rows}</table>
 <p>Real bytes include the container header ({data.sections.header} bytes in the stream below)
-and the flush of the three rANS streams: at lambda {lambdas[len(lambdas) // 2]:g} the real
+and the flush of the three rANS streams: at {labels[len(labels) // 2]} the real
 streams are {overhead:.1f} bytes per image above the entropy model's estimate, a large part of
 a small image's stream.</p>
-<h2>One validation image, lambda {lambdas[len(lambdas) // 2]:g}: {len(data)} bytes</h2>
+<h2>One validation image, {example}: {len(data)} bytes</h2>
 <img src="data:image/png;base64,{_png_b64(panel)}" style="image-rendering:pixelated;width:100%">
 </body></html>"""
     write_text(out / "report.html", page)

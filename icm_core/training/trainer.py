@@ -4,7 +4,10 @@
 
 R is the estimated bits per input pixel of the latent (y and z), w_t the task weight of InvPT,
 the preliminary term present unless intermediate supervision is off. Each step trains one task
-(round robin over the configured tasks): its adapter and head only.
+(round robin over the configured tasks): its adapter and head only. A variable-rate model
+(``model.variable_rate``) trains one anchor per step, drawn uniformly (``rate_anchor``), at
+that anchor's rate and with its lambda (``model.rate_lambdas[k]``) in place of ``lmbda``; its
+evaluations report every anchor.
 
 ``Trainer.step()`` is one optimizer step and everything due after it (evaluation at real
 bitstream rates, checkpoint); ``fit()`` is a loop over it that ``stop()`` (any thread) ends at
@@ -43,6 +46,7 @@ from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
 from icm_core.evaluation.evaluate import EvalResult, evaluate
 from icm_core.files import write_text
+from icm_core.models import rate as vr
 from icm_core.models.adapters import get_adapter_kind
 from icm_core.models.icm import ICMModel, build_model
 from icm_core.tasks.objective import task_loss
@@ -91,6 +95,8 @@ class StepEvent(_Event):
     wall_time: float  # seconds since this run (or its resume) started
     steps_per_s: float  # over the last 20 steps
     alphas: tuple[float, ...] = ()  # cross-scale fusion weight of each decoder stage that fuses
+    lmbda: float | None = None  # the lambda this step trained at
+    rate: float | None = None  # variable rate: the anchor's rate in [0, 1]; None: fixed rate
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,13 @@ class EvalEvent(_Event):
     bpp: float | None  # real bytes
     bpp_estimated: float | None
     images: int
+    rate: float | None = None  # variable rate: the rate evaluated at (an anchor's)
 
     @property
     def values(self) -> dict:  # history.jsonl keeps the metric under its own name
-        return {self.metric: self.value, "bpp": self.bpp, "bpp_estimated": self.bpp_estimated,
-                "images": self.images}
+        out = {self.metric: self.value, "bpp": self.bpp, "bpp_estimated": self.bpp_estimated,
+               "images": self.images}
+        return out if self.rate is None else {**out, "rate": self.rate}
 
 
 @dataclass(frozen=True)
@@ -331,6 +339,16 @@ class Trainer:
                                                   for i in idx])
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def rate_anchor(self, step: int) -> int | None:
+        """The anchor ``step`` trains (variable rate), uniform over ``model.rate_lambdas``;
+        None at a fixed rate. A function of (seed, step) only, like the step's batch: a
+        resumed run trains the same anchors, and the global RNG (rate noise) is not drawn."""
+        lambdas = self.model.rate_lambdas
+        if not lambdas:
+            return None
+        g = torch.Generator().manual_seed(2**40 + self.cfg.train.seed * 1_000_003 + step)
+        return int(torch.randint(len(lambdas), (1,), generator=g))
+
     def train_step(self, step: int, batch: dict | None = None) -> dict:
         """The optimizer step of ``step`` on ``batch`` (default: ``batch_of(step)``), the one
         ``step()`` and ``fit()`` take: the loss R + lambda * task loss of step's task, the
@@ -341,15 +359,22 @@ class Trainer:
         if batch is None:
             batch = self.batch_of(step)
         use_amp = self.device.startswith("cuda") and cfg.train.amp
+        anchor = self.rate_anchor(step)
+        if anchor is None:
+            rate, lmbda = None, cfg.lmbda
+        else:
+            lambdas = model.rate_lambdas
+            rate, lmbda = vr.anchor_rate(anchor, len(lambdas)), lambdas[anchor]
         with model.lock:  # readers in other threads see the weights before or after the step
             model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = self._ddp.get(task, model)(batch["image"], task=task, generator=self.generator)
+                out = self._ddp.get(task, model)(batch["image"], task=task,
+                                                 generator=self.generator, rate=rate)
             distortion = task_loss(out, batch[task], model.dataset, cfg.model.inter_sup)
             pixels = out.image_size[0] * out.image_size[1]
             bpp_y, bpp_z = out.bits_y.mean() / pixels, out.bits_z.mean() / pixels
-            rate = bpp_y + bpp_z
-            loss = rate + cfg.lmbda * distortion
+            bits = bpp_y + bpp_z
+            loss = bits + lmbda * distortion
             aux = model.heads[task].entropy.entropy_bottleneck.loss() if model.compression else None
             loss_value = distributed.mean_over_processes(loss.item())  # every process decides alike
             if not math.isfinite(loss_value):  # stop before the step: the weights stay finite
@@ -363,8 +388,9 @@ class Trainer:
                            if s.alpha is not None)
         mean = distributed.mean_over_processes
         return {"task": task, "loss": loss_value, "task_loss": mean(distortion.item()),
-                "bpp": mean(rate.item()), "bpp_y": mean(bpp_y.item()), "bpp_z": mean(bpp_z.item()),
-                "lr": self.scheduler.get_last_lr()[0], "alphas": alphas}
+                "bpp": mean(bits.item()), "bpp_y": mean(bpp_y.item()), "bpp_z": mean(bpp_z.item()),
+                "lr": self.scheduler.get_last_lr()[0], "alphas": alphas, "lmbda": lmbda,
+                "rate": rate}
 
     def step(self) -> StepEvent:
         """One optimizer step, then the evaluation and checkpoint that fall due after it."""
@@ -432,8 +458,12 @@ class Trainer:
         return self.history
 
     def evaluate(self, max_images: int | None = None) -> list[EvalResult]:
+        """Every task on the validation split; a variable-rate model at each of its anchors
+        (task by task, lowest rate first)."""
+        lambdas = self.model.rate_lambdas
+        rates = vr.anchor_rates(len(lambdas)) if lambdas else [None]
         return [evaluate(self.model, self.val_set, t, max_images=max_images, device=self.device,
-                         per_image=False) for t in self.tasks]
+                         per_image=False, rate=r) for t in self.tasks for r in rates]
 
     def _eval_event(self, final: bool = False) -> list[EvalResult]:
         if self.rank != 0:  # evaluation runs on the first process only
@@ -441,7 +471,7 @@ class Trainer:
         results = self.evaluate(max_images=None if final else 8)
         for r in results:
             self._emit(EvalEvent(self.global_step, r.task, r.metric, r.value, r.bpp,
-                                 r.bpp_estimated, r.images))
+                                 r.bpp_estimated, r.images, r.rate))
         return results
 
     # -- checkpoints --------------------------------------------------------------------
