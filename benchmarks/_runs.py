@@ -28,6 +28,7 @@ from icm_core.files import source_hash, write_text
 # preset with a few validation images (the trainer's own final evaluation is not used)
 QUICK_SETTINGS = ("experiment=quick", "data.workers=0", "data.val_length=4")
 SOURCE_FILE = "source_hash.txt"  # in a run folder: the source_hash of the code that trained it
+SECONDS_FILE = "train_seconds.txt"  # in a run folder: the wall seconds its training took
 
 
 def timed_log() -> Callable[[str], None]:
@@ -43,6 +44,12 @@ def timed_log() -> Callable[[str], None]:
 def run_dir(root: Path | str, overrides: Sequence[str]) -> Path:
     """The cache folder of the run ``overrides`` describe (the key earlier results used)."""
     return Path(root) / hashlib.sha1(json.dumps(list(overrides)).encode()).hexdigest()[:10]
+
+
+def trained_seconds(run: Path | str) -> float | None:
+    """The wall seconds the cached run's training took (None: not recorded)."""
+    f = Path(run) / SECONDS_FILE
+    return float(f.read_text()) if f.is_file() else None
 
 
 def trained_by(run: Path | str) -> str | None:
@@ -102,9 +109,10 @@ def train_cached(overrides: Sequence[str], root: Path | str, *, settings: Sequen
     t = time.perf_counter()
     trainer = Trainer(cfg, device="cpu")
     trainer.fit(progress=False)
-    write_text(run / "overrides.json", json.dumps(list(overrides)))
-    write_text(run / SOURCE_FILE, code + "\n")
     seconds = time.perf_counter() - t
+    write_text(run / "overrides.json", json.dumps(list(overrides)))
+    write_text(run / SECONDS_FILE, f"{seconds:.1f}\n")
+    write_text(run / SOURCE_FILE, code + "\n")
     if log:
         log(f"  trained {run.name} in {seconds:.0f} s: {what}")
     return trainer.model, seconds, run

@@ -83,6 +83,16 @@ def test_lambda_at_the_anchors_and_between():
     assert vr.sweep(7)[0] == 0.0 and vr.sweep(7)[-1] == 1.0
 
 
+def test_rate_at_inverts_lambda_at():
+    assert [vr.rate_at(lm, LAMBDAS) for lm in LAMBDAS] == [0.0, 0.5, 1.0]
+    assert vr.rate_at(0.5, LAMBDAS) == pytest.approx(0.25, abs=1 / vr.RATE_STEPS)
+    for r in (0.1, 0.37, 0.8):
+        assert vr.lambda_at(vr.rate_at(vr.lambda_at(r, LAMBDAS), LAMBDAS), LAMBDAS) == \
+            pytest.approx(vr.lambda_at(r, LAMBDAS), rel=1e-4)
+    with pytest.raises(ConfigError, match="outside the anchors' range"):
+        vr.rate_at(8.0, LAMBDAS)
+
+
 def test_initial_steps_fall_with_lambda():
     q = vr.initial_steps(LAMBDAS)
     assert torch.allclose(q, torch.tensor([2.0, 1.0, 0.5]))  # (lambda / 1) ** -1/2

@@ -97,6 +97,22 @@ def lambda_at(rate: float, lambdas) -> float:
     return float(math.exp((1 - t) * math.log(lambdas[k]) + t * math.log(lambdas[k + 1])))
 
 
+def rate_at(lmbda: float, lambdas) -> float:
+    """The rate that stands for ``lmbda`` (the inverse of ``lambda_at``, on the grid);
+    ``ConfigError`` outside the anchors' range."""
+    lams = [float(v) for v in lambdas]
+    ok = (not isinstance(lmbda, bool) and isinstance(lmbda, (int, float))
+          and math.isfinite(lmbda) and lams[0] <= lmbda <= lams[-1])
+    if not ok:
+        raise ConfigError(f"lambda {lmbda!r} is outside the anchors' range [{lams[0]:g}, "
+                          f"{lams[-1]:g}]; give a lambda between the lowest and highest anchor")
+    k = max(i for i in range(len(lams)) if lams[i] <= lmbda)
+    if k == len(lams) - 1:
+        return 1.0
+    t = (math.log(lmbda) - math.log(lams[k])) / (math.log(lams[k + 1]) - math.log(lams[k]))
+    return snap_rate((k + t) / (len(lams) - 1))
+
+
 def initial_steps(lambdas) -> torch.Tensor:
     """(A,) starting quantization steps: ``(lambda_k / geometric mean) ** -1/2``.
 
@@ -116,5 +132,5 @@ def sweep(points: int) -> list[float]:
 
 
 __all__ = ["RATE_STEPS", "MAX_ANCHORS", "rate_code", "snap_rate", "rate_of_code",
-           "anchor_position", "anchor_rate", "anchor_rates", "interpolate", "lambda_at",
+           "anchor_position", "anchor_rate", "anchor_rates", "interpolate", "lambda_at", "rate_at",
            "initial_steps", "sweep"]

@@ -253,7 +253,7 @@ def _learned_curves(learned, tasks, ds: HeldOut, refs: dict, where: str, flops: 
                  {"run": str(r), "rate": res.rate,
                   "lmbda": vr.lambda_at(res.rate, m.rate_lambdas)} for res, r, m in pts],
                 bpp_payload=[p[0].bpp_payload for p in pts])
-            log(f"{task}: {name} at {len(pts)} lambda(s) evaluated through real streams")
+            log(f"{task}: {name} at {len(pts)} point(s) evaluated through real streams")
             mid = rows[len(rows) // 2]
             found.append((task, [curve], [_learned_complexity(task, name, mid[0], mid[1], ds,
                                                                flops)]))
