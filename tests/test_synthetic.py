@@ -35,6 +35,26 @@ def test_deterministic_per_seed_and_split():
     assert not torch.equal(a["image"], d["image"])
 
 
+def test_cached_scenes_are_the_same_samples_rendered_once(monkeypatch):
+    from icm_core.data import synthetic
+
+    plain = SyntheticScenes("train", (40, 56), tasks=["semseg", "depth"], seed=3, length=4)
+    cached = SyntheticScenes("train", (40, 56), tasks=["semseg", "depth"], seed=3, length=4,
+                             cache=True)
+    renders = []
+    real = synthetic.render_scene
+    monkeypatch.setattr(synthetic, "render_scene", lambda *a: renders.append(a) or real(*a))
+    first = [cached[i] for i in (1, 2, 1, 2, 1)]
+    assert len(renders) == 2  # scenes 1 and 2, each once
+    for got, i in zip(first, (1, 2, 1, 2, 1)):
+        want = plain[i]
+        assert got["meta"] == want["meta"]
+        for k in ("image", "semseg", "depth"):
+            assert torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype, k
+    first[0]["image"].zero_()  # a sample is the caller's: changing it leaves the cache alone
+    assert torch.equal(cached[1]["image"], plain[1]["image"])
+
+
 @pytest.mark.parametrize("size", [(17, 23), (64, 64), (96, 160)])
 def test_sample_dict_shapes_and_ranges(size):
     s = SyntheticScenes("train", size, length=2)[1]

@@ -78,7 +78,7 @@ def make_dataset(cfg, split: str, tasks):
 def _synthetic(cfg, split, tasks):
     length = cfg.train_length if split == "train" else cfg.val_length
     return SyntheticScenes(split=split, size=tuple(cfg.size), tasks=tasks, seed=cfg.seed,
-                           length=length)
+                           length=length, cache=cfg.cache_scenes and split == "train")
 
 
 def _files(cls):

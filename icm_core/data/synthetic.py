@@ -718,12 +718,15 @@ class SyntheticScenes(Dataset):
         tasks: task names to include (default: all six).
         seed: base seed (>= 0); different seeds give different datasets.
         length: number of scenes in the split (at most 2**31).
+        cache: keep each rendered scene's arrays (image and the tasks' labels) in memory, so a
+            scene drawn again (the next epoch) is not rendered again; the samples are the same
+            either way. About 0.2 MB a scene plus 16-64 KB a task at 128 px.
     """
 
     dataset_name = "synthetic"
 
     def __init__(self, split: str = "train", size=(128, 128), tasks=None, seed: int = 0,
-                 length: int = 1000):
+                 length: int = 1000, cache: bool = False):
         scene_seed(seed, split, 0)  # validates split and seed
         H, W = (size, size) if isinstance(size, int) else tuple(size)
         if H < 8 or W < 8:
@@ -731,6 +734,7 @@ class SyntheticScenes(Dataset):
         if not 1 <= length <= SPLIT_SIZE:
             raise DatasetError(f"length={length} must be a number of scenes in [1, 2**31]")
         self.split, self.size, self.seed, self.length = split, (int(H), int(W)), int(seed), int(length)
+        self._cache: dict[int, dict] | None = {} if cache else None
         self.tasks = resolve_tasks(tasks if tasks is not None else
                                    ["semseg", "depth", "normals", "boundary", "human_parts", "saliency"],
                                    "synthetic")
@@ -744,6 +748,11 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"scene index {index} out of range [0, {self.length})")
-        arrays = render_scene(self.scene_seed(index), self.size)
+        arrays = None if self._cache is None else self._cache.get(index)
+        if arrays is None:
+            arrays = render_scene(self.scene_seed(index), self.size)
+            if self._cache is not None:  # sample_from_arrays copies: no sample aliases these
+                arrays = {k: arrays[k] for k in ("image", *self.tasks)}
+                self._cache[index] = arrays
         meta = {"id": f"synthetic-{self.split}-{self.seed}-{index:06d}", "dataset": "synthetic"}
         return sample_from_arrays(arrays, self.tasks, meta)
