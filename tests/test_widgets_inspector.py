@@ -17,6 +17,8 @@ from widgets.inspector import VIEWS, InspectorPanel
 
 from .helpers import tiny_config
 
+VR = ["model.variable_rate=true", "model.rate_lambdas=[0.25,1.0,4.0]"]
+
 
 def _model(*overrides):
     m = build_model(tiny_config("tasks=[semseg,depth]", "data.size=[128,192]", *overrides))
@@ -147,6 +149,51 @@ def test_open_a_sweep_run_and_move_the_lambda_slider(tmp_path, panel):
     assert f"stream {other.total_bytes} bytes" in p.bits_text.value
     p.set_image(999)  # a scene that does not exist: said in the panel, nothing raised
     assert "DatasetError" in p.message.value
+
+
+def test_fixed_rate_model_has_its_rate_slider_disabled_with_why(panel):
+    assert panel.rate.disabled and panel.rate_value is None
+    assert "one fixed rate" in panel.rate_note.value and "quick_vr" in panel.rate_note.value
+    assert panel.lmbda.layout.display != "none"  # a per-lambda run moves along its sweep
+    panel.select_view("Bits")
+    assert panel.rate in panel.bits_box.children[0].children
+    assert panel.rate_note in panel.bits_box.children
+    assert panel.insp.rate is None and "at rate" not in panel.bits_text.value
+    with pytest.raises(ConfigError, match="fixed rate"):
+        ins.bit_allocation(panel.model, panel.insp.image, panel.insp.task, rate=0.5)
+
+
+def test_rate_slider_recodes_a_variable_rate_model_at_that_rate():
+    model = _model(*VR, "tasks=[depth]", "data.size=[64,64]")
+    p = InspectorPanel().open(model)
+    assert not p.rate.disabled and p.rate.value == 1.0
+    assert p.lmbda.layout.display == "none" and p.lmbda.disabled  # the rate slider is the sweep
+    assert "lambda 4 (0: lambda 0.25, 1: lambda 4)" in p.rate_note.value
+    p.select_view("Bits")
+    high = p.insp.bits
+    assert high.rate == 1.0
+    p.rate.value = 0.0  # what moving the slider does
+    low, image = p.insp.bits, p.insp.image
+    stream = coder.encode(model, image, "depth", rate=0.0)
+    assert low.rate == p.insp.rate == 0.0 and low.total_bytes == len(stream)
+    assert low.total_bytes < high.total_bytes  # a lower rate: fewer bytes
+    assert [bar.y[0] for bar in p.sections_fig.data] == [low.header_bytes, low.z_bytes,
+                                                         low.step1_bytes, low.step2_bytes]
+    z = np.asarray(p.bits_fig.data[1].z, dtype=float)
+    assert z.sum() == pytest.approx(stream.bits_y, rel=1e-5)
+    assert f"stream at rate 0 {len(stream)} bytes" in p.bits_text.value
+    assert f"{low.bpp:.4f} bpp at rate 0" in p.message.value
+    assert low.bpp == 8 * len(stream) / (64 * 64)
+    assert "lambda 0.25" in p.rate_note.value
+    p.rate.value = 0.5  # between anchors; the other views code at the slider's rate too
+    mid = ins.bit_allocation(model, image, "depth", rate=0.5)
+    assert p.insp.bits == mid and len(coder.encode(model, image, "depth", rate=0.5)) == \
+        mid.total_bytes
+    assert low.total_bytes <= mid.total_bytes <= high.total_bytes
+    p.select_view("Predictions")
+    with torch.no_grad():
+        ref = model.predict(image.unsqueeze(0), "depth", rate=0.5).prediction[0]
+    torch.testing.assert_close(p.insp.prediction, ref.float(), rtol=1e-4, atol=1e-4)
 
 
 def test_inspector_figures_are_library_code(panel):

@@ -7,19 +7,24 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from icm_core.config import load_config
+from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
 from icm_core.evaluation.bdrate import bd_rate
 from icm_core.evaluation.cost import model_info
+from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS, evaluate
+from icm_core.models.icm import build_model
 from icm_core.studies import ablation as ab
 from icm_core.studies.ra_curves import run_points
+from icm_core.training.checkpoint import load_checkpoint, save_checkpoint
 from icm_core.workspace.queue import RunQueue
 from widgets.ablation import AblationPanel
 from widgets.ra import RAPanel
 from widgets.runs import RunsPanel
 
-from .helpers import TINY
+from .helpers import TINY, tiny_config
 from .test_workspace import CLI_RUN, RUNS, SHORT, build_workspace
 
 
@@ -132,6 +137,49 @@ def test_ra_panel_plots_run_points_and_bd_rates_of_runs_and_results_files(ws, tm
     panel.path_box.value = str(tmp_path / "missing.json")
     panel.add_button.click()
     assert "missing.json" in panel.message.value and len(panel.results) == 2
+
+
+def _saved_run(path, *overrides):
+    """A run folder holding one untrained tiny checkpoint (projections scaled: real bits)."""
+    m = build_model(tiny_config("tasks=[depth]", "data.val_length=2", *overrides))
+    with torch.no_grad():
+        for h in m.heads.values():
+            h.proj.weight.mul_(40)
+    save_checkpoint(path, m, step=1)
+    return path
+
+
+def test_ra_panel_rate_slider_marks_a_variable_rate_runs_point(tmp_path):
+    fixed = _saved_run(tmp_path / "fixed")
+    panel = RAPanel(tmp_path, max_images=1)
+    panel.set_runs([fixed])
+    assert panel.rate.disabled and panel.rate_run.disabled and panel.marks == []
+    assert "no variable-rate run" in panel.rate_text.value
+    vr_run = _saved_run(tmp_path / "vr", "model.variable_rate=true",
+                        "model.rate_lambdas=[0.25,1.0,4.0]")
+    panel.set_runs([fixed, vr_run])
+    assert not panel.rate.disabled and panel.rate_run.value == str(vr_run)
+    traces = {t.name: t for t in panel.figures["depth"].data}
+    (curve,) = [c for c in panel.curves if c.settings.get("variable_rate")]
+    assert len(traces[curve.name].x) == len(curve.bpp) == DEFAULT_RATE_POINTS  # a whole curve
+    (top,) = panel.marks  # the slider starts at rate 1, the top of the curve
+    assert top.points[0]["rate"] == 1.0 and top.bpp[0] == max(curve.bpp)
+
+    (mark,) = panel.mark_rate(0.25)
+    model = load_checkpoint(vr_run)[0]
+    data = make_dataset(model.cfg.data, "val", model.tasks)
+    want = evaluate(model, data, "depth", rate=0.25, max_images=1, per_image=False)
+    assert (mark.bpp[0], mark.values[0], mark.points[0]["rate"]) == (want.bpp, want.value, 0.25)
+    star = panel.figures["depth"].data[-1]
+    assert star.name == f"{curve.name} at r=0.25" and star.marker.symbol == "star"
+    assert (star.x[0], star.y[0]) == (want.bpp, want.value)
+    assert star.marker.color == traces[curve.name].line.color
+    assert f"{want.bpp:.4f} bpp" in panel.rate_text.value
+    assert min(curve.bpp) <= want.bpp <= max(curve.bpp)
+    cached = json.loads((vr_run / "ra-points.json").read_text())
+    assert sum(k.endswith(":rate=0.25") for k in cached) == 1  # cached like the other points
+    panel.refresh()  # a refresh keeps the run and the rate chosen, and the star
+    assert panel.rate_run.value == str(vr_run) and panel.figures["depth"].data[-1].x[0] == want.bpp
 
 
 # -- ablation: grid, cost, Fig. 5 data ---------------------------------------------------------

@@ -8,6 +8,12 @@ this file only wires controls to figures::
     panel.open("runs/depth")          # a run folder, a ckpt-* folder or a live ICMModel
     panel                             # display it in a notebook
     panel.select_view("Bits")         # what clicking a view's tab does
+    panel.rate.value = 0.3            # a variable-rate model: re-code the image at rate 0.3
+
+The rate slider (Bits view) codes the image at any rate of a variable-rate model and every view
+follows it; a fixed-rate model has one rate, so it is disabled there, and the lambda slider
+moves along the run's lambda sweep instead (hidden for a variable-rate model: its rate slider
+is that sweep).
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from icm_core.inspection import attention as att
 from icm_core.inspection import dora
 from icm_core.inspection import image as ins
 from icm_core.inspection.error_maps import error_map, error_unit
+from icm_core.models import rate as vr
 from icm_core.models.adapters import get_adapter_kind
 from icm_core.viz import inspector as figs
 from widgets._figure import drawn, live_figure
 from widgets._panel import Panel
 
 VIEWS = ("Predictions", "Bits", "Latents", "Attention", "DoRA")
+FIXED_RATE = ("rate: this model has one fixed rate (one model per lambda: the lambda slider moves "
+              "along its sweep); a variable-rate run (experiment=quick_vr) codes at any rate")
 PLANES = ["y_hat", "coded mean", "coded scale", "residual", "bits", "hyper mean", "hyper scale",
           "spatial mean", "spatial scale", "step 1"]
 
@@ -71,7 +80,13 @@ class InspectorPanel(Panel):
         self.bits_which = W.ToggleButtons(options=[("all", "total"), ("step 1", "step1"),
                                                    ("step 2", "step2")], description="map")
         self.lmbda = W.SelectionSlider(options=[("-", -1)], description="lambda", disabled=True)
+        self.rate = W.FloatSlider(1.0, min=0, max=1, step=0.05, description="rate",
+                                  disabled=True, continuous_update=False, readout_format=".2f",
+                                  tooltip="a variable-rate model codes at any rate: 0 its lowest "
+                                  "trained rate, 1 its highest")
+        self.rate_note = W.HTML()
         self.bits_text = W.HTML()
+        self.rate.observe(lambda _: self._on_rate(), names="value")
         self.opacity.observe(lambda _: self._set_opacity(), names="value")
         self.bits_which.observe(lambda _: self._show_bits(self._bits_insp), names="value")
         self.lmbda.observe(lambda _: self._on_lambda(), names="value")
@@ -128,7 +143,12 @@ class InspectorPanel(Panel):
                 if self.run_dir is not None and d.resolve() == self.run_dir.resolve()]
         self.lmbda.options = lam
         self.lmbda.value = here[0] if here else lam[0][1]
-        self.lmbda.disabled = len(self.sweep) < 2
+        variable = bool(m.variable_rate)
+        self.lmbda.disabled = variable or len(self.sweep) < 2
+        self.lmbda.layout.display = "none" if variable else None
+        self.rate.disabled = not variable
+        self.rate.value = 1.0  # a newly opened model: its highest rate
+        self._note_rate()
         self._refreshing = False
         self.refresh()
         return self
@@ -152,15 +172,17 @@ class InspectorPanel(Panel):
         if self.model is None or getattr(self, "_refreshing", False) or not self.task.value:
             return
         try:
-            self.insp = ins.inspect_image(self.model, self._source, self.task.value)
+            self.insp = ins.inspect_image(self.model, self._source, self.task.value,
+                                          rate=self.rate_value)
         except ICMError as e:
             self._say(f"{type(e).__name__}: {e}", error=True)
             return
         i = self.insp
         what = str(self.run_dir) if self.run_dir else "live model"
         labels = "" if i.source.labelled else " · no labels: error maps skipped"
+        at = "" if i.rate is None else f" at rate {i.rate:.3g}"
         self._say(f"{what} · {i.source.name} · {i.task} · {i.bits.total_bytes} bytes, "
-                  f"{i.bits.bpp:.4f} bpp{labels}")
+                  f"{i.bits.bpp:.4f} bpp{at}{labels}")
         self._stale = set(VIEWS)
         self._render()
 
@@ -214,12 +236,38 @@ class InspectorPanel(Panel):
                                                               i.channel_order()))
         self.bits_text.value = figs.bits_caption(b)
         self.bits_box.children = [
-            W.HBox([self.lmbda, self.bits_which, self.opacity]), self.bits_text,
+            W.HBox([self.lmbda, self.rate, self.bits_which, self.opacity]), self.rate_note,
+            self.bits_text,
             W.HBox([self.sections_fig, self.bits_fig]), self.channels_fig]
 
     def _set_opacity(self) -> None:
         if hasattr(self, "bits_fig"):
             self.bits_fig.data[1].opacity = self.opacity.value
+
+    @property
+    def rate_value(self) -> float | None:
+        """The rate the panel codes at: the slider's for a variable-rate model, else None."""
+        if self.model is None or not self.model.variable_rate:
+            return None
+        return self.rate.value
+
+    def _note_rate(self) -> None:
+        m = self.model
+        if m is None or not m.variable_rate:
+            self.rate_note.value = f"<small>{FIXED_RATE}</small>"
+            return
+        lams = m.rate_lambdas
+        self.rate_note.value = (f"<small>rate {self.rate.value:.2f} stands for lambda "
+                                f"{vr.lambda_at(self.rate.value, lams):.3g} (0: lambda "
+                                f"{lams[0]:g}, 1: lambda {lams[-1]:g}); every view codes at "
+                                "it</small>")
+
+    def _on_rate(self) -> None:
+        """Re-code the image at the slider's rate (every view follows; cached per rate)."""
+        if getattr(self, "_refreshing", False) or self.model is None:
+            return
+        self._note_rate()
+        self.refresh()
 
     def _on_lambda(self) -> None:
         """Show the allocation of the same image by the sweep's run at the chosen lambda."""

@@ -5,6 +5,10 @@ Points come from ``icm_core.studies.ra_curves.run_points`` (real bytes, cached i
 and ``icm_core.evaluation.results.load_results`` (CompressAI layout: ``icm compare``, ``icm eval``);
 curves (``group_runs``) and the BD-rate table (``bd_rows``) from ``icm_core.evaluation.results``.
 With a queue, finished runs that are on the plot are re-read when they finish.
+
+A variable-rate run is a whole curve (``DEFAULT_RATE_POINTS`` rates). The rate slider marks
+one variable-rate run's point at any rate on its curve (a star): evaluated through real
+streams by ``run_points(run, rates=[r])`` and cached in the run folder like the other points.
 """
 
 from __future__ import annotations
@@ -72,13 +76,25 @@ class RAPanel(Panel):
         self.anchor = w.Dropdown(options=[], description="anchor",
                                  tooltip="BD-rate of every curve against this one")
         self.plots = w.VBox()
+        self.rate_run = w.Dropdown(options=[], description="rate of", disabled=True,
+                                   tooltip="a variable-rate run on the plot: the slider marks "
+                                   "its point at one rate")
+        self.rate = w.FloatSlider(1.0, min=0, max=1, step=0.05, description="rate",
+                                  disabled=True, continuous_update=False, readout_format=".2f",
+                                  tooltip="0: the run's lowest trained rate, 1: its highest")
+        self.rate_text = w.HTML()
+        self.marks: list[Curve] = []  # the marked point, one per task of the rate's run
+        self._quiet = False  # options set by a refresh: no re-marking from their observers
+        self.rate_run.observe(lambda _: self._on_rate(), "value")
+        self.rate.observe(lambda _: self._on_rate(), "value")
         self.table = w.HTML()
         self.add_button.on_click(lambda _: self._add_clicked())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.found.observe(lambda ch: self.path_box.set_trait("value", ch["new"] or ""), "value")
         self.anchor.observe(lambda _: self._update_table(), "value")
         self.widget = w.VBox([w.HBox([self.path_box, self.add_button, self.refresh_button]),
-                              self.found, self.plots, self.anchor, self.table, self.message])
+                              self.found, self.plots, w.HBox([self.rate_run, self.rate]),
+                              self.rate_text, self.anchor, self.table, self.message])
         if queue is not None:
             queue.subscribe(self._on_queue)
         self._scan_results()
@@ -121,12 +137,18 @@ class RAPanel(Panel):
             self._refresh()
 
     def _refresh(self) -> None:
-        points, self.errors = [], []
+        points, self.errors, variable = [], [], []
         for run in self.runs:
             try:
-                points += run_points(run, max_images=self.max_images)
+                mine = run_points(run, max_images=self.max_images)
             except (ICMError, OSError) as e:
                 self.errors.append(f"{run}: {e}")
+                continue
+            points += mine
+            if any(p.settings.get("variable_rate") for p in mine):
+                variable.append(str(run))
+        self._offer_rate_runs(variable)
+        self._mark()
         curves = group_runs(points)
         for path in self.results:
             try:
@@ -143,6 +165,54 @@ class RAPanel(Panel):
         self._scan_results()
         self._say("; ".join(self.errors), error=True) if self.errors else self._say(
             f"{len(self.runs)} run(s), {len(self.results)} results file(s).")
+
+    # -- the rate slider ----------------------------------------------------------------------
+    def _offer_rate_runs(self, variable: list[str]) -> None:
+        """The variable-rate runs on the plot, for the slider (the one chosen kept if it is)."""
+        self._quiet = True
+        try:
+            keep = self.rate_run.value if self.rate_run.value in variable else \
+                (variable[0] if variable else None)
+            names = [Path(v).name for v in variable]
+            self.rate_run.options = [(n if names.count(n) == 1 else v, v)
+                                     for n, v in zip(names, variable)]
+            self.rate_run.value = keep
+            self.rate_run.disabled = self.rate.disabled = not variable
+        finally:
+            self._quiet = False
+
+    def mark_rate(self, rate: float, run: str | Path | None = None) -> list[Curve]:
+        """Move the slider to ``rate`` (of ``run``, default the one chosen): its marked points."""
+        if run is not None:
+            self.rate_run.value = str(Path(run))
+        self.rate.value = rate
+        return self.marks
+
+    def _on_rate(self) -> None:
+        if self._quiet:
+            return
+        with self._lock:
+            self._mark()
+            self._draw()
+
+    def _mark(self) -> None:
+        """The chosen variable-rate run's point at the slider's rate, per task (cached)."""
+        self.marks = []
+        run = self.rate_run.value
+        if run is None:
+            self.rate_text.value = ("<small>rate slider: no variable-rate run on the plot (a "
+                                    "per-lambda run has one rate; experiment=quick_vr trains "
+                                    "one model for every rate)</small>")
+            return
+        try:
+            self.marks = run_points(run, rates=[self.rate.value], max_images=self.max_images)
+        except (ICMError, OSError) as e:
+            self.rate_text.value = f"<small>{html.escape(f'{run}: {e}', quote=False)}</small>"
+            return
+        self.rate_text.value = "<small>marked (star): " + "; ".join(
+            f"{html.escape(m.task)} at r={m.points[0]['rate']:.3g} (λ={m.points[0]['lmbda']:.3g}): "
+            f"{m.bpp[0]:.4f} bpp, {html.escape(m.metric)} {m.values[0]:.4g}"
+            for m in self.marks) + "</small>"
 
     def _draw(self) -> None:
         tasks = list(dict.fromkeys(c.task for c in self.curves))
@@ -177,12 +247,30 @@ class RAPanel(Panel):
                     for v in flat:  # no rate: an uncompressed reference, drawn as a level
                         fig.add_hline(y=v, line_dash="dot", line_color=colours[c.name],
                                       annotation_text=f"{c.name} (uncompressed)")
+                for m in self.marks:
+                    if m.task == task and m.bpp[0] is not None:
+                        self._draw_mark(fig, m, mine, colours)
                 fig.update_layout(title=f"{task}: {metric} ({better})", template="plotly_white",
                                   xaxis_title="bpp (real bytes)", yaxis_title=metric, height=380,
                                   margin=dict(l=60, r=20, t=50, b=50))
         for task in [t for t in self.figures if t not in tasks]:
             del self.figures[task]
         self.plots.children = [self.figures[t] for t in tasks]
+
+    @staticmethod
+    def _draw_mark(fig, m: Curve, curves: list[Curve], colours: dict) -> None:
+        """A star at the marked point, in the colour of the curve its run belongs to."""
+        run = m.points[0]["run"]
+        owner = next((c for c in curves if run in (c.runs or [])), None)
+        label = owner.name if owner is not None else m.name
+        rate = m.points[0]["rate"]
+        fig.add_scatter(
+            x=[m.bpp[0]], y=[m.values[0]], mode="markers", name=f"{label} at r={rate:.3g}",
+            marker=dict(symbol="star", size=16, color=colours.get(label, "black"),
+                        line=dict(width=1, color="black")),
+            hovertext=[f"<b>{html.escape(label, quote=False)}</b><br>rate {rate:.3g}, λ="
+                       f"{m.points[0]['lmbda']:.3g}<br>{html.escape(run, quote=False)}"],
+            hoverinfo="text+x+y")
 
     def _update_table(self) -> None:
         anchor = self.anchor.value

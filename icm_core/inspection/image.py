@@ -182,6 +182,7 @@ class BitAllocation:
     z_bits_map: torch.Tensor  # (h/4, w/4) estimated bits of z per hyper-latent position
     valid_hw: tuple[int, int]
     latent_stride: int  # image pixels per latent position
+    rate: float | None = None  # variable rate: the rate coded at (on the grid); None: fixed
 
     @property
     def estimated_bits(self) -> float:
@@ -240,6 +241,11 @@ class Inspection:
     @property
     def target(self) -> torch.Tensor | None:
         return self.source.targets.get(self.task)
+
+    @property
+    def rate(self) -> float | None:
+        """The rate coded at (a variable-rate model), None for a fixed-rate one."""
+        return self.bits.rate
 
     @property
     def element_bits(self) -> torch.Tensor:
@@ -376,12 +382,14 @@ def _allocation(stream: EncodedImage, ent: EntropyOutput, stride: int) -> BitAll
         stream.task, H, W, s.header, s.z, s.step1, s.step2, len(stream),
         float(eb.sum()), float(ent.z_bits.sum()), eb.sum(0), (eb * mask).sum(0),
         (eb * ~mask).sum(0), eb.sum((1, 2)), ent.z_bits[0].sum(0),
-        (-(-H // stride), -(-W // stride)), stride)
+        (-(-H // stride), -(-W // stride)), stride, stream.rate)
 
 
-def bit_allocation(model, image, task: str | None = None) -> BitAllocation:
-    """The real stream of ``image`` for ``task`` split into sections, beside the estimate."""
-    return inspect_image(model, image, task).bits
+def bit_allocation(model, image, task: str | None = None, *,
+                   rate: float | None = None) -> BitAllocation:
+    """The real stream of ``image`` for ``task`` split into sections, beside the estimate;
+    ``rate``: a variable-rate model's rate in [0, 1] (default 1), refused by a fixed-rate one."""
+    return inspect_image(model, image, task, rate=rate).bits
 
 
 __all__ = ["BitAllocation", "Inspection", "InspectionCache", "ImageSource", "NO_LABELS",

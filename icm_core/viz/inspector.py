@@ -132,8 +132,9 @@ def bits_figure(image, bits, which: str = "total", opacity: float = 0.6) -> go.F
 def bits_caption(bits) -> str:
     """The stream's sections and rates of a ``BitAllocation`` in one line."""
     b = bits
-    return (f"stream {b.total_bytes} bytes = header {b.header_bytes} + z {b.z_bytes} + step 1 "
-            f"{b.step1_bytes} + step 2 {b.step2_bytes}; {b.bpp:.4f} bpp real, "
+    at = "" if b.rate is None else f" at rate {b.rate:.3g}"
+    return (f"stream{at} {b.total_bytes} bytes = header {b.header_bytes} + z {b.z_bytes} + "
+            f"step 1 {b.step1_bytes} + step 2 {b.step2_bytes}; {b.bpp:.4f} bpp real, "
             f"{b.bpp_estimated:.4f} bpp estimated ({b.estimated_bits:.1f} bits)")
 
 
