@@ -181,7 +181,8 @@ def test_train_then_eval_on_a_moved_nyud_fixture(tmp_path):
 
 def test_demo_on_a_nyud_fixture(tmp_path, nyud):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "1", "--lambdas", "1", "--task", "semseg",
+    assert main(["demo", "--out", str(out), "--steps", "1", "--per-lambda", "--lambdas", "1",
+                 "--task", "semseg",
                  "data=nyud", f"data.root={nyud}", "data.size=[32,32]", "data.workers=0",
                  "model.decoder_dims=[32,16,16]", "model.latent_channels=16",
                  "model.hyper_channels=16", "model.prelim_width=16"]) == 0

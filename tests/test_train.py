@@ -134,7 +134,7 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
     from icm_core.studies.demo import run_demo
 
     report = run_demo(tmp_path, steps=3, lambdas=(0.1, 1.0), val_images=2, size=64, progress=False,
-                      eval_size=96)
+                      eval_size=96, variable_rate=False)
     page = report.read_text()
     assert "scenes at 64 px, 2 val images at 96 px" in page  # trained small, evaluated larger
     # the demo's default backbone is the shipped synthetic-pretrained one, and the report says so
@@ -150,7 +150,8 @@ def test_demo_writes_report_results_and_checkpoints(tmp_path):
 def test_demo_trains_the_tasks_own_ladder(tmp_path):
     from icm_core.studies.demo import TASK_LAMBDAS, run_demo
 
-    run_demo(tmp_path, steps=1, task="depth", val_images=1, size=32, progress=False, eval_size=None)
+    run_demo(tmp_path, steps=1, task="depth", val_images=1, size=32, progress=False, eval_size=None,
+             variable_rate=False)
     runs = sorted(p.name for p in tmp_path.glob("lmbda-*"))
     assert runs == sorted(f"lmbda-{lm:g}" for lm in TASK_LAMBDAS["depth"])
     doc = json.loads((tmp_path / "results.json").read_text())

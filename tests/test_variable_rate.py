@@ -332,3 +332,16 @@ def test_demo_variable_rate_writes_a_curve_of_seven_points(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["vr"]  # one training
     assert resolve_checkpoint_dir(tmp_path / "vr").is_dir()
     assert math.isfinite(doc["results"]["bpp"][0])
+
+
+def test_icm_demo_defaults_to_one_variable_rate_model(tmp_path):
+    """The interface: ``icm demo --task T --out DIR`` writes a CompressAI results.json of at
+    least 5 points, all from one model."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--task", "depth", "--out", str(out), "--steps", "1", "data.workers=0",
+                 "data.size=[32,32]", "data.val_length=1", "backbone=tiny_random"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["results"]["bpp"]) == len(doc["results"]["RMSE"]) >= 5
+    assert {p["run"] for p in doc["points"]} == {str(out / "vr")}
+    assert "one variable-rate model" in doc["description"]
+

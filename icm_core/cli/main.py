@@ -24,7 +24,7 @@ from icm_core.inspection.outputs import (
     write_data_preview,
 )
 from icm_core.studies.compare import compare
-from icm_core.studies.demo import DEFAULT_STEPS, run_demo
+from icm_core.studies.demo import DEFAULT_STEPS, DEFAULT_VR_STEPS, run_demo
 from icm_core.studies.evaluate_run import evaluate_run
 from icm_core.training.bench import bench, parse_measure, parse_size
 from icm_core.training.bench import compare as compare_side_by_side
@@ -163,7 +163,7 @@ def _cmd_decode(args) -> int:
 
 def _cmd_demo(args) -> int:
     report = run_demo(args.out, steps=args.steps, lambdas=args.lambdas, task=args.task,
-                      extra_overrides=args.overrides, variable_rate=args.variable_rate,
+                      extra_overrides=args.overrides, variable_rate=not args.per_lambda,
                       rate_points=args.rate_points)
     print(f"report: {report}")
     return 0
@@ -255,21 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help="output folder")
     dec.set_defaults(func=_cmd_decode)
 
-    demo = sub.add_parser("demo", help="train a 3-lambda quick model (synthetic scenes, or "
-                          "data=NAME data.root=DIR), write a report")
+    demo = sub.add_parser("demo", help="train one variable-rate quick model (synthetic scenes, "
+                          "or data=NAME data.root=DIR), draw its curve, write a report")
     demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per lambda")
+    demo.add_argument("--steps", type=int, default=None,
+                      help=f"training steps (default: {DEFAULT_VR_STEPS} for the variable-rate "
+                      f"model; {DEFAULT_STEPS} per model with --per-lambda)")
     demo.add_argument("--task", default="semseg", help="semseg, depth, normals, boundary, "
                       "human_parts or saliency (default: semseg)")
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,
-                      help="default: the task's ladder (icm_core.studies.demo.TASK_LAMBDAS; semseg "
-                      "0.25 1 4, depth 0.03 0.1 0.25)")
-    demo.add_argument("--variable-rate", action="store_true",
-                      help="train ONE variable-rate model (experiment=quick_vr) and draw its curve "
-                      "at --rate-points rates; --lambdas are then its anchors (default: the "
-                      "task's icm_core.studies.demo.TASK_RATE_LAMBDAS) and --steps its steps")
+                      help="the variable-rate model's anchors (default: the task's "
+                      "icm_core.studies.demo.TASK_RATE_LAMBDAS; semseg 0.0625 0.25 1 4), or with "
+                      "--per-lambda the ladder (TASK_LAMBDAS; semseg 0.25 1 4)")
     demo.add_argument("--rate-points", type=int, default=7,
-                      help="with --variable-rate: evenly spaced rates in [0, 1] (default 7)")
+                      help="evenly spaced rates in [0, 1] the curve is drawn at (default 7)")
+    demo.add_argument("--per-lambda", action="store_true",
+                      help="the paper's protocol: one model per lambda of the task's ladder "
+                      "instead of one variable-rate model")
     demo.add_argument("overrides", nargs="*",
                       help="config overrides on top of the quick preset, e.g. backbone=tiny_random "
                       "or data=nyud data.root=/data/NYUD_MT")
