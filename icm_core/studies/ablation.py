@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from icm_core.config import load_config
 from icm_core.config.schema import TARGET_NAMES, ExperimentConfig
 from icm_core.errors import ConfigError
+from icm_core.evaluation.accounting import parameter_counts
 from icm_core.evaluation.results import config_label
 from icm_core.files import write_text
 from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
@@ -253,17 +254,15 @@ _SHARES: dict[str, tuple[int, int]] = {}
 
 
 def trainable_share(cfg: ExperimentConfig, task: str | None = None) -> tuple[int, int]:
-    """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact, built on
-    the meta device (no weights); memoized by the settings that decide it."""
-
-
+    """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact: the
+    accounting's ``parameter_counts`` (``icm info``'s numbers) of a meta build (no weights);
+    memoized by the settings that decide it."""
     key = json.dumps([OmegaConf.to_container(OmegaConf.structured(cfg.backbone)),
                       OmegaConf.to_container(OmegaConf.structured(cfg.adapter)),
                       list(cfg.tasks), task], sort_keys=True)
     if key not in _SHARES:
-        model = build_model(cfg, "meta")
-        r = model.trainable_parameters(task or model.tasks[0])
-        _SHARES[key] = (r.trainable_backbone_params, r.backbone_params)
+        c = parameter_counts(build_model(cfg, "meta"), task)
+        _SHARES[key] = (c["trainable_backbone_params"], c["backbone_params"])
     return _SHARES[key]
 
 
