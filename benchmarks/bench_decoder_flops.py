@@ -1,6 +1,6 @@
 """FLOPs of the low-complexity decoder vs the full-resolution four-stage decoder ("Full Dec").
 
-Counted by ``icm_core.evaluation.cost.decoder_cost`` (the workbench's one FLOP counter,
+Counted by ``icm_core.evaluation.accounting.decoder_cost`` (the workbench's one FLOP counter,
 torch.utils.flop_counter.FlopCounterMode, on a meta build: shapes only, no memory), at
 NYUD-v2's 448x576 (padded and patched as the model does), with the paper preset's decoder
 widths, for semantic segmentation (40 classes). FlopCounterMode counts matrix multiplications
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from icm_core.config import load_config
-from icm_core.evaluation.cost import decoder_cost
+from icm_core.evaluation.accounting import decoder_cost
 
 SIZE = (448, 576)
 TASK = "semseg"

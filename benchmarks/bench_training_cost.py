@@ -23,7 +23,7 @@ import time
 import torch
 
 from icm_core.config import load_config
-from icm_core.models.icm import serialized_size
+from icm_core.evaluation.accounting import measured_optimizer_state_bytes, safetensors_bytes
 from icm_core.training.trainer import Trainer
 
 MODES = {"full": ["adapter=full"], "dora_r8_qkv": ["adapter=dora_r8_qkv"],
@@ -46,13 +46,12 @@ def measure(overrides, steps: int = 8, warmup: int = 3, depth: int = 12, size: i
             if i >= warmup:
                 times.append(time.perf_counter() - t)
     opt, model = trainer.optimizer, trainer.model
-    adam_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                     if torch.is_tensor(v))
+    adam_bytes = measured_optimizer_state_bytes(opt)
     report = model.trainable_parameters()
     return {"step_s": statistics.median(times), "trainable_backbone_params": report.trainable_backbone_params,
             "trainable_total_params": sum(p.numel() for p in trainer.params),
             "adam_state_bytes": adam_bytes,
-            "task_file_bytes": serialized_size(model.task_state_dict())}
+            "task_file_bytes": safetensors_bytes(model.task_state_dict())}
 
 
 def main(argv=None) -> dict:

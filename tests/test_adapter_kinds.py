@@ -9,7 +9,7 @@ from torch import nn
 
 from icm_core.config import schema as C
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import storage
+from icm_core.evaluation.accounting import storage_for_tasks
 from icm_core.evaluation.results import run_label as _base_label
 from icm_core.evaluation.results import run_settings as settings_of
 from icm_core.inspection import dora
@@ -130,10 +130,8 @@ def test_labels_signatures_settings_and_storage_follow_the_flags():
         cfg = tiny_config(f"adapter.mode={mode}", f"tasks=[{','.join(tasks)}]")
         s = settings_of(cfg)
         assert (s["rank"] is not None, s["targets"] is not None, s["alpha"]) == (low, low, None)
-        info = {"backbone_params": 1000, "head_params": 50, "adapter_bytes": 120,
-                "adapter": {"mode": mode}}
-        own = storage(info, 3)
-        assert (own["storage_bytes"] == own["storage_full_copies_bytes"]) == \
+        own = storage_for_tasks({"backbone_params": 1000, "head_params": 50}, 120, mode, 3)
+        assert (own["storage_bytes"] == own["full_copies_bytes"]) == \
             get_adapter_kind(mode).owns_backbone
     # the config refuses what the kinds say cannot work
     with pytest.raises(ConfigError, match="one copy per task"):

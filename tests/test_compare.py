@@ -20,7 +20,7 @@ from icm_core.baselines.preprocessor import PreprocessorConfig, load_preprocesso
 from icm_core.cli.main import main
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import model_flops
+from icm_core.evaluation.accounting import component_flops, side_flops
 from icm_core.evaluation.evaluate import EvalResult
 from icm_core.evaluation.results import Curve, bd_rows, envelope, eval_curve, load_results
 from icm_core.models.icm import build_model
@@ -213,15 +213,32 @@ def test_complexity_table_is_measured(setup):
     assert ("semseg", "learned") in rows and ("semseg", "jpeg") not in rows
 
 
+def _forward_flops(model, task):
+    """The whole eval forward, attention included (the fused CPU kernel is invisible to the
+    counter)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model.predict(torch.rand(1, 3, SIZE, SIZE), task=task)
+    return counter.get_total_flops()
+
+
 def test_model_flops_split_adds_up(setup):
     root, _, _ = setup
-    base, _ = load_checkpoint(root / "base")
-    f = model_flops(base, "depth", SIZE)
-    # the whole forward, attention included (the fused CPU kernel is invisible to the counter)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        base.predict(torch.rand(1, 3, SIZE, SIZE), task="depth")
+    base, _ = load_checkpoint(root / "base")  # no compression: the two sides are the forward
+    f = side_flops(base, "depth", (SIZE, SIZE))
     assert f["encoder"] > 0 and f["decoder"] > 0
-    assert f["encoder"] + f["decoder"] == counter.get_total_flops()
+    assert f["encoder"] + f["decoder"] == _forward_flops(base, "depth")
+    # with compression, the receiver runs the entropy model's hyper synthesis and spatial prior
+    # again (the sender needs them to code): both sides = the forward + those networks
+    learned, _ = load_checkpoint(root / "learned" / "lmbda-4")
+    c, f = component_flops(learned, "depth", (SIZE, SIZE)), side_flops(learned, "depth", (SIZE, SIZE))
+    # the forward adds the factorized prior's likelihood of z (not counted by convention): per
+    # value of z, the lower and upper bound through compressai's 1-3-3-3-3-1 channel MLP
+    n_z = learned.cfg.model.hyper_channels * 1 * 1  # z is (1, N, 1, 1) for a 64 x 64 image
+    assert _forward_flops(learned, "depth") - c["total"] == 2 * 2 * (3 + 9 + 9 + 9 + 3) * n_z
+    prior = f["decoder"] - c["decoder"]
+    assert 0 < prior < c["entropy_model"]
+    assert f["encoder"] == c["total"] - c["decoder"]
+    assert f["encoder"] + f["decoder"] == c["total"] + prior
 
 
 def test_cli_compare_with_a_saved_preprocessor(setup, tmp_path, capsys):
@@ -338,7 +355,7 @@ def test_compare_scores_every_method_on_the_seed_it_is_given(setup, tmp_path, mo
     images (the dataset compare builds once is what both are scored on)."""
     root, _, _ = setup
     seen = []
-    real_evaluate = cmp.evaluate
+    real_evaluate = cmp.evaluate_rates
 
     def spy(model, dataset, *a, **kw):
         seen.append(("learned", [dataset[i]["image"] for i in range(len(dataset))]))
@@ -350,7 +367,7 @@ def test_compare_scores_every_method_on_the_seed_it_is_given(setup, tmp_path, mo
         seen.append(("classical", list(images)))
         return real_code(codec, images, q, s)
 
-    monkeypatch.setattr(cmp, "evaluate", spy)
+    monkeypatch.setattr(cmp, "evaluate_rates", spy)
     monkeypatch.setattr(cmp, "code_images", spy_code)
     compare([root / "learned"], [root / "base"], codecs=["jpeg"], scales=[1.0], images=2,
             size=SIZE, out=tmp_path / "o", flops=False, seed=7, log=lambda s: None)

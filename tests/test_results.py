@@ -14,8 +14,8 @@ from icm_core.data.held_out import HeldOut
 from icm_core.data.images import image_to_uint8, pil_to_tensor, tensor_to_pil
 from icm_core.data.synthetic import SyntheticScenes
 from icm_core.errors import ConfigError
+from icm_core.evaluation.accounting import count_flops, decoder_cost, decoder_gflops
 from icm_core.evaluation.bdrate import bd_rate
-from icm_core.evaluation.cost import count_flops, decoder_cost, decoder_gflops
 from icm_core.evaluation.evaluate import EvalResult
 from icm_core.evaluation.results import (
     NO_RATE,
@@ -162,8 +162,6 @@ def test_count_flops_sees_attention_on_real_cpu_tensors():
     """The fused CPU attention kernel is invisible to FlopCounterMode; count_flops must still
     count the two products: 2 x (2 * B * heads * L * L * d) FLOPs, as on the meta device."""
     import torch.nn.functional as F
-
-    from icm_core.evaluation.cost import count_flops
 
     q = torch.rand(1, 2, 16, 8)
     flops, _ = count_flops(lambda: F.scaled_dot_product_attention(q, q, q))

@@ -22,6 +22,7 @@ from icm_core.codec.container import (
     unpack,
 )
 from icm_core.config.schema import MAX_RATE_ANCHORS
+from icm_core.evaluation.accounting import parameter_counts
 from icm_core.evaluation.cost import compose, model_info
 from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS, evaluate, evaluate_rates
 from icm_core.models import rate as vr
@@ -345,3 +346,15 @@ def test_icm_demo_defaults_to_one_variable_rate_model(tmp_path):
     assert {p["run"] for p in doc["points"]} == {str(out / "vr")}
     assert "one variable-rate model" in doc["description"]
 
+def test_fig5_rows_of_a_variable_rate_run_give_a_point_per_rate(trained):
+    """The Ablation panel's rows: one per rate, each with the lambda its rate stands for."""
+    from icm_core.studies import ablation as ab
+
+    trainer, out = trained
+    rows = ab.fig5_rows([out], max_images=1)
+    assert sorted(r["rate"] for r in rows) == vr.sweep(DEFAULT_RATE_POINTS)
+    counts = parameter_counts(trainer.model, "depth")
+    for r in rows:
+        assert r["lmbda"] == vr.lambda_at(r["rate"], [0.01, 1.0, 100.0])
+        assert (r["trainable_params"], r["backbone_params"]) == (
+            counts["trainable_backbone_params"], counts["backbone_params"])

@@ -213,6 +213,48 @@ def test_grid_expands_to_the_expected_override_sets():
             bad()
 
 
+VR_BASE = [*TINY, "model.variable_rate=true", "model.rate_lambdas=[1,4]", "train.max_steps=5"]
+STEP = ab.StepTime(0.5, 2, "dora r4 qv", "cpu", 1, "2026-01-01 00:00 UTC")
+
+
+def test_a_variable_rate_grid_trains_once_per_configuration_not_once_per_lambda():
+    """One variable-rate training covers every rate: the grid's lambdas become its anchors and
+    the cost counts one training per configuration."""
+    pts = ab.expand_grid(["dora", "fixed"], [4, 8], [("q", "v")], [2, 0.5, 8], base=VR_BASE)
+    assert [p.name for p in pts] == ["dora-r4-qv-vr0.5-2-8", "dora-r8-qv-vr0.5-2-8", "fixed-vr0.5-2-8"]
+    assert all(p.variable_rate and p.lmbda is None and p.lambdas == (0.5, 2.0, 8.0) for p in pts)
+    assert not any(o.startswith(("lmbda=", "model.rate_lambdas=[1")) for p in pts for o in p.overrides)
+    cfg = load_config(list(pts[1].overrides))  # what the queue will compose
+    assert (cfg.model.variable_rate, cfg.model.rate_lambdas) == (True, [0.5, 2.0, 8.0])
+    assert (cfg.adapter.mode, cfg.adapter.rank, cfg.adapter.targets) == ("dora", 8, ["q", "v"])
+    cost = ab.estimate_cost(pts, STEP)
+    assert (cost.runs, cost.steps, cost.seconds) == (3, 15, 7.5)
+    assert cost.describe().startswith("3 trainings (variable rate: one per configuration covers "
+                                      "every rate, lambdas 0.5, 2, 8), 15 steps x 0.500 s")
+    # the same grid at a fixed rate: one training per configuration and lambda
+    fixed = ab.estimate_cost(ab.expand_grid(["dora", "fixed"], [4, 8], [("q", "v")], [2, 0.5, 8],
+                                            base=[*TINY, "train.max_steps=5"]), STEP)
+    assert (fixed.runs, fixed.steps) == (9, 45) and not fixed.variable_rate
+    assert fixed.describe().startswith("9 trainings (one per configuration and lambda)")
+    # no lambdas: the base's anchors; one lambda is no ladder
+    (own,) = ab.expand_grid(["fixed"], [], [], [], base=VR_BASE)
+    assert own.lambdas == (1.0, 4.0) and "model.rate_lambdas=[1,4]" in own.overrides
+    with pytest.raises(ConfigError, match=r"give 2 or more, or none to keep the base's \[1.0, 4.0\]"):
+        ab.expand_grid(["fixed"], [], [], [3], base=VR_BASE)
+    with pytest.raises(ConfigError, match="at least one lambda"):
+        ab.expand_grid(["fixed"], [], [], [], base=TINY)
+
+
+def test_the_ablation_panel_says_how_many_trainings_a_variable_rate_grid_costs(tmp_path, monkeypatch):
+    monkeypatch.setattr(ab, "measure_step_time", lambda *a, **k: STEP)  # nothing is timed here
+    panel = AblationPanel(tmp_path, queue=None, base=VR_BASE)
+    panel.modes.value = ("dora", "fixed")
+    panel.ranks.value, panel.targets.value, panel.lambdas.value = "4, 8", "q,v", "0.5, 2, 8"
+    panel.estimate_button.click()
+    assert panel.message.value == "" and panel.cost.runs == 3
+    assert "3 trainings (variable rate: one per configuration covers every rate" in panel.cost_text.value
+
+
 def test_fig5_rows_match_the_runs_and_are_saved_as_html_and_csv(ws, tmp_path):
     rows = ab.fig5_rows([ws / r for r in RUNS])
     assert len(rows) == 4

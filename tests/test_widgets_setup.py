@@ -1,4 +1,5 @@
-"""Setup panel, its readout (icm_core.evaluation.cost) and the override helpers (icm_core.workspace.queue).
+"""Setup panel, its readout (icm_core.evaluation.cost, counts from icm_core.evaluation.accounting)
+and the override helpers (icm_core.workspace.queue).
 
 Panels are driven as a user would: widget values set, buttons clicked; state is then read.
 """
@@ -14,7 +15,8 @@ from icm_core.config import load_config
 from icm_core.config import schema as C
 from icm_core.config.overrides import format_value, parse_overrides, split_command_line
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import decoder_gflops, model_info, storage
+from icm_core.evaluation.accounting import account, decoder_gflops, storage_for_tasks
+from icm_core.evaluation.cost import model_info
 from icm_core.models.icm import build_model
 from icm_core.workspace.queue import run_name
 from tests.helpers import TINY
@@ -49,14 +51,25 @@ def test_rank_and_targets_change_the_trainable_count_by_the_lora_formula():
 
 
 def test_storage_is_one_backbone_and_k_task_files_against_k_copies():
-    info = {"backbone_params": 1000, "head_params": 50, "adapter_bytes": 120,
-            "adapter": {"mode": "dora"}}
-    s = storage(info, 4)
+    counts = {"backbone_params": 1000, "head_params": 50}
+    s = storage_for_tasks(counts, 120, "dora", 4)
     assert s["storage_bytes"] == 4000 + 4 * (200 + 120)
-    assert s["storage_full_copies_bytes"] == 4 * (4000 + 200)
-    assert s["storage_ratio"] == pytest.approx(5280 / 16800)
-    full = storage({**info, "adapter": {"mode": "full"}}, 4)  # a backbone per task: no sharing
-    assert full["storage_bytes"] == full["storage_full_copies_bytes"] == 16800
+    assert s["full_copies_bytes"] == 4 * (4000 + 200)
+    assert s["ratio"] == pytest.approx(5280 / 16800)
+    full = storage_for_tasks(counts, 120, "full", 4)  # a backbone per task: no sharing
+    assert full["storage_bytes"] == full["full_copies_bytes"] == 16800
+
+
+@pytest.mark.parametrize("overrides", [list(TINY), [*TINY, "adapter=full"], ["experiment=quick_vr"]],
+                         ids=["tiny", "full", "quick_vr"])
+def test_icm_info_and_the_readout_count_with_the_accounting(overrides):
+    """One accounting: icm info and the panel print what icm bench counts, not a copy of it."""
+    info, a = model_info(overrides), account(overrides)
+    for key in ("backbone_params", "trainable_backbone_params", "trainable_percent",
+                "adapter_bytes", "head_params", "storage"):
+        assert info[key] == getattr(a, key), key
+    assert info["decoder_gflops"] == a.flops["decoder"] / 1e9
+    assert info["image_size"] == a.size and info["storage"]["k"] == a.k
 
 
 def test_decoder_gflops_counts_the_real_decoder_at_the_padded_size():

@@ -51,7 +51,9 @@ class AblationPanel(Panel):
                             tooltip="dora/lora ranks, comma separated")
         self.targets = w.Text(value="q,v; q,k,v", description="targets",
                               tooltip="target sets separated by ';' (q, k, v, o, up, down)")
-        self.lambdas = w.Text(value="1", description="lambdas", tooltip="comma separated")
+        self.lambdas = w.Text(value="1", description="lambdas",
+                              tooltip="comma separated; with variable rate the anchors of one "
+                              "training per configuration (empty: the base's model.rate_lambdas)")
         self.base = w.Text(value=" ".join(base), description="base",
                            tooltip="overrides every run starts from (the Setup panel's, if any)",
                            layout=w.Layout(width="80%", display="none" if setup else "flex"))

@@ -1,5 +1,6 @@
 """Setup panel: an experiment's settings, generated from the config dataclasses, with a live
-readout of what it costs (``icm_core.evaluation.cost.setup_readout``) and its ``icm train`` line.
+readout of what it costs (``icm_core.evaluation.cost.setup_readout``: the counts of
+``icm_core.evaluation.accounting``, as ``icm info`` prints them) and its ``icm train`` line.
 
 Every widget comes from a field of ``icm_core.config.schema`` (its ``help`` metadata is the tooltip,
 ``choices`` a dropdown or toggle buttons, bools checkboxes, numbers number boxes, anything
@@ -482,7 +483,8 @@ def readout_html(r: dict) -> str:
     notice = (f"<div style='font-size:90%;color:{colour}'>{html.escape(r['weights_notice'])}</div>"
               if r.get("weights_notice") else "")
     h, w = r["image_size"]
-    k = r["storage_tasks"]
+    s = r["storage"]
+    k = s["k"]
     rows = [
         ("backbone", f"{html.escape(r['backbone'])} <span style='background:{colour};color:white;"
                      f"padding:0 6px;border-radius:8px'>{badge}</span>{notice}"),
@@ -491,8 +493,8 @@ def readout_html(r: dict) -> str:
                                f"({r['trainable_percent']:.4g} %)"),
         ("adapter file", f"{_bytes(r['adapter_bytes'])} (safetensors, {r['adapter_bytes']:,} B)"),
         ("task head", f"{r['head_params']:,} parameters"),
-        (f"storage, {k} tasks", f"{_bytes(r['storage_bytes'])} vs {_bytes(r['storage_full_copies_bytes'])}"
-                                f" for {k} full copies ({r['storage_ratio']:.2f}x)"),
+        (f"storage, {k} tasks", f"{_bytes(s['storage_bytes'])} vs {_bytes(s['full_copies_bytes'])}"
+                                f" for {k} full copies ({s['ratio']:.2f}x)"),
         ("decoder", f"{r['decoder_gflops']:.4g} GFLOPs per {h}x{w} image ({r['decoder']})"),
         ("tasks", f"{', '.join(r['tasks'])} on {r['dataset']}"
                   f"{'' if r['compression'] else ' (no compression)'}"),

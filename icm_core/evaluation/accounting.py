@@ -15,9 +15,11 @@ Conventions:
   backbone parameters over backbone parameters.
 - bytes: the adapter as its safetensors file (``safetensors_bytes``, exact, computed from the
   shapes), backbone and heads as float32 parameters.
-- FLOPs: ``torch.utils.flop_counter.FlopCounterMode``, 2 per multiply-add, matrix products and
+- FLOPs: ``count_flops``, the workbench's one FLOP counter
+  (``torch.utils.flop_counter.FlopCounterMode``), 2 per multiply-add, matrix products and
   convolutions only (normalizations, activations, interpolations, the factorized prior's
-  per-element likelihood and the rANS coder are not counted), per component at one image.
+  per-element likelihood and the rANS coder are not counted), per component at one image
+  (``component_flops``), or per side of the channel (``side_flops``: sender and receiver).
 - optimizer state: Adam's ``exp_avg`` and ``exp_avg_sq`` per trainable tensor plus its float32
   ``step`` scalar (what ``sum of state tensors`` reads after one step).
 """
@@ -30,25 +32,30 @@ import functools
 import glob
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from icm_core.config import load_config
 from icm_core.config.schema import ExperimentConfig
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import FLOAT32_BYTES, count_flops, decoder_gflops, storage
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import weights_source
-from icm_core.models.icm import ICMModel, build_model
-from icm_core.tasks.registry import DATASET_TASKS
+from icm_core.models.decoder import TransformerDecoder
+from icm_core.models.icm import HYPERPRIOR_STRIDE, ICMModel, build_model
+from icm_core.tasks.registry import DATASET_TASKS, get_task, resolve_tasks
 
 try:  # NVIDIA's meter (pip install nvidia-ml-py); optional: energy is then null with a note
     import pynvml
 except ImportError:  # pragma: no cover - depends on the machine
     pynvml = None
 
+FLOAT32_BYTES = 4  # every parameter of a built model is float32 (bf16 only under autocast)
 COMPONENTS = ("backbone", "preliminary_decoder", "projection", "entropy_model", "decoder")
 ADAM_STEP_BYTES = 4  # torch's Adam keeps ``step`` as a float32 scalar tensor per parameter
 RAPL_ROOT = "/sys/class/powercap"
@@ -117,59 +124,174 @@ def measured_optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def storage_for_tasks(counts: dict, adapter_bytes: int, mode: str, k: int) -> dict:
     """Bytes to keep ``k`` tasks: one frozen backbone + k task files (adapter + head) against k
-    fine-tuned copies (``icm_core.evaluation.cost.storage``, the Setup panel's formula)."""
-    info = {"backbone_params": counts["backbone_params"], "head_params": counts["head_params"],
-            "adapter": {"mode": mode}, "adapter_bytes": adapter_bytes}
-    s = storage(info, k)
-    return {"k": k, "backbone_bytes": s["storage_backbone_bytes"],
-            "per_task_bytes": s["storage_per_task_bytes"], "storage_bytes": s["storage_bytes"],
-            "full_copies_bytes": s["storage_full_copies_bytes"], "ratio": s["storage_ratio"]}
+    fine-tuned copies. ``counts``: ``backbone_params`` and ``head_params`` (``parameter_counts``).
+
+    Backbone and heads are counted as float32 parameters (the whole published network, as the
+    paper counts it); the adapter as its real safetensors bytes. A kind that owns its backbone
+    (full, scratch) needs a backbone per task: no sharing. Fixed: 0 adapter bytes."""
+    backbone = counts["backbone_params"] * FLOAT32_BYTES
+    head = counts["head_params"] * FLOAT32_BYTES
+    own_backbone = ad.get_adapter_kind(mode).owns_backbone
+    per_task = head + (backbone if own_backbone else adapter_bytes)
+    total = (0 if own_backbone else backbone) + k * per_task
+    copies = k * (backbone + head)
+    return {"k": k, "backbone_bytes": backbone, "per_task_bytes": per_task, "storage_bytes": total,
+            "full_copies_bytes": copies, "ratio": total / copies}
 
 
 # -- FLOPs ----------------------------------------------------------------------------------
-flops_of = count_flops  # the workbench's one FLOP counter (evaluation.cost)
+def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(FLOPs, result) of calling ``fn``: THE FLOP counter of the workbench.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts matrix multiplications and
+    convolutions, 2 FLOPs per multiply-add; interpolations, normalizations, activations and
+    the rANS coder are not counted. Works on the meta device (shapes only, no memory).
+    Attention runs on SDPA's math backend while counting: the fused CPU kernel is invisible to
+    ``FlopCounterMode`` (it counts 0 for it on real CPU tensors)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = fn()
+    return int(counter.get_total_flops()), out
+
+
+flops_of = count_flops
 
 
 def _meta_ready(model: ICMModel) -> ICMModel:
     """The decoder reads its fusion weights' values (``float(alpha)``), which meta tensors have
     not: give them real 0-dim values (a meta model is built for counting only)."""
     for head in model.heads.values():
-        for stage in head.decoder.stages:
-            if stage.alpha is not None and stage.alpha.is_meta:
-                stage.alpha = nn.Parameter(torch.tensor(0.1))
+        _meta_ready_decoder(head.decoder)
     return model
 
 
-def component_flops(model: ICMModel, task: str | None, size: tuple[int, int]) -> dict[str, int]:
-    """FLOPs of one ``size`` (H, W) image through each component of ``task``'s path, in eval
-    mode: backbone (with the task's adapter), preliminary decoder, projection, entropy model
-    (its hyper analysis/synthesis and spatial prior networks) and decoder; ``total`` sums them.
-    ``model`` may live on the meta device (then nothing is computed, shapes only)."""
-    task = model.task_arg(task)
+def _meta_ready_decoder(decoder: TransformerDecoder) -> TransformerDecoder:
+    for stage in decoder.stages:
+        if stage.alpha is not None and stage.alpha.is_meta:
+            stage.alpha = nn.Parameter(torch.tensor(0.1))
+    return decoder
+
+
+# what each side of the channel runs, by counted part (``_part_flops``): the entropy model's
+# hyper analysis runs at the sender only; its hyper synthesis and spatial prior at both sides
+_PARTS = ("backbone", "preliminary_decoder", "projection", "hyper_analysis", "entropy_prior",
+          "decoder")
+_SIDES = {"encoder": ("backbone", "preliminary_decoder", "projection", "hyper_analysis",
+                      "entropy_prior"),
+          "decoder": ("entropy_prior", "decoder")}
+
+
+def _part_flops(model: ICMModel, task: str, size: tuple[int, int], parts=_PARTS) -> dict[str, int]:
+    """FLOPs of the ``parts`` of ``task``'s path for one ``size`` (H, W) image, in eval mode.
+    Parts are counted on latents of their real shapes, so each may be counted alone."""
     H, W = size
     device = "meta" if model.device.type == "meta" else model.device
-    head = model.heads[task]
+    head, em = model.heads[task], model.heads[task].entropy
     flops = {}
     with model.reading(task), torch.device(device):
         Hp, Wp = model.padded_size(H, W)
-        image = torch.zeros(1, 3, Hp, Wp)
-        flops["backbone"], feats = flops_of(lambda: model.backbone(image))
-        flops["preliminary_decoder"], (tf, coarse) = flops_of(lambda: head.prelim(feats))
-        flops["projection"], y = flops_of(lambda: head.proj(torch.cat([tf, coarse], dim=1)))
-        em = head.entropy
+        p = model.backbone.stride
+        y = torch.zeros(1, model.cfg.model.latent_channels, Hp // p, Wp // p)
+        if {"backbone", "preliminary_decoder", "projection"} & set(parts):
+            flops["backbone"], feats = count_flops(lambda: model.backbone(torch.zeros(1, 3, Hp, Wp)))
+            flops["preliminary_decoder"], (tf, coarse) = count_flops(lambda: head.prelim(feats))
+            flops["projection"], y = count_flops(lambda: head.proj(torch.cat([tf, coarse], dim=1)))
         if em is None:
-            flops["entropy_model"], y_hat = 0, y
-        else:
-            def networks():
-                z = em.h_a(y)
+            flops["hyper_analysis"] = flops["entropy_prior"] = 0
+        elif {"hyper_analysis", "entropy_prior"} & set(parts):
+            flops["hyper_analysis"], z = count_flops(lambda: em.h_a(y))
+
+            def prior():  # what decoding needs too: hyper synthesis, then the spatial prior
                 mu0, s0 = em._hyper(z)
                 mask = torch.ones_like(y, dtype=torch.bool)
                 em._step2_params(y, mask, mu0, s0)
-            flops["entropy_model"], _ = flops_of(networks)
-            y_hat = y
-        flops["decoder"], _ = flops_of(lambda: head.synthesis(y_hat, (Hp, Wp)))
-    flops["total"] = sum(flops[c] for c in COMPONENTS)
+            flops["entropy_prior"], _ = count_flops(prior)
+    if "decoder" in parts:  # the same module counted on its config, cached by shape
+        flops["decoder"] = _decoder_count(*_decoder_key(model.cfg, task, (Hp // p, Wp // p)))[0]
+    return {k: flops[k] for k in parts}
+
+
+def component_flops(model: ICMModel, task: str | None, size: tuple[int, int],
+                    components=COMPONENTS) -> dict[str, int]:
+    """FLOPs of one ``size`` (H, W) image through each component of ``task``'s path, in eval
+    mode: backbone (with the task's adapter), preliminary decoder, projection, entropy model
+    (its hyper analysis/synthesis and spatial prior networks) and decoder; ``total`` sums them
+    when every component is counted. ``components``: a subset to count (the Setup panel and
+    ``icm info`` count the decoder only). ``model`` may live on the meta device (then nothing
+    is computed, shapes only)."""
+    task = model.task_arg(task)
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad or not components:
+        raise ConfigError(f"FLOPs of {list(components)}: choose components from {list(COMPONENTS)}")
+    parts = [p for p in _PARTS if (p if p in COMPONENTS else "entropy_model") in components]
+    counted = _part_flops(model, task, size, parts)
+    flops = {c: counted[c] for c in COMPONENTS if c in components and c != "entropy_model"}
+    if "entropy_model" in components:
+        flops["entropy_model"] = counted["hyper_analysis"] + counted["entropy_prior"]
+    flops = {c: flops[c] for c in COMPONENTS if c in flops}
+    if len(flops) == len(COMPONENTS):
+        flops["total"] = sum(flops.values())
     return flops
+
+
+def side_flops(model: ICMModel, task: str | None, size: tuple[int, int]) -> dict[str, int]:
+    """FLOPs of one ``size`` (H, W) image at each side of the channel: ``encoder`` = backbone,
+    adapter, preliminary decoder, projection and, with compression, the entropy model's networks
+    that coding needs (hyper analysis, hyper synthesis, spatial prior); ``decoder`` = those that
+    decoding needs (hyper synthesis, spatial prior) and the task decoder. Without compression
+    the decoder side is the task decoder alone (a "Codec + Baseline" receiver runs both)."""
+    task = model.task_arg(task)
+    counted = _part_flops(model, task, size)
+    return {side: sum(counted[p] for p in parts) for side, parts in _SIDES.items()}
+
+
+def decoder_latent(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | None = None
+                   ) -> tuple[int, int]:
+    """The latent (h, w) the task decoder receives for an image of ``size`` (H, W; default
+    ``cfg.data.size``): the image padded as ``ICMModel`` pads it, over the patch size."""
+    p = cfg.backbone.patch_size
+    h, w = (size if size is not None else cfg.data.size)
+    pad = p * HYPERPRIOR_STRIDE
+    return -(-h // pad) * pad // p, -(-w // pad) * pad // p
+
+
+def decoder_cost(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | None = None,
+                 task: str | None = None) -> dict:
+    """``{"gflops", "params"}`` of one task decoder decoding one image of ``size`` (H, W;
+    default ``cfg.data.size``), counted on a meta build of that decoder alone (no backbone:
+    what ``decoder_flops_ratio`` compares); ``task`` (default: the first) fixes the output
+    channels."""
+    task = task or resolve_tasks(cfg.tasks, cfg.data.label_space)[0]
+    flops, params = _decoder_count(*_decoder_key(cfg, task, decoder_latent(cfg, size)))
+    return {"gflops": flops / 1e9, "params": params}
+
+
+def decoder_gflops(cfg: ExperimentConfig, size: tuple[int, int] | list[int] | None = None,
+                   task: str | None = None) -> float:
+    """GFLOPs (1e9) of one task decoder decoding one image of ``size`` (``decoder_cost``)."""
+    return decoder_cost(cfg, size, task)["gflops"]
+
+
+def _decoder_key(cfg: ExperimentConfig, task: str, latent: tuple[int, int]) -> tuple:
+    """What ``task``'s decoder costs depend on: its shapes and the latent's (h, w)."""
+    m = cfg.model
+    return (m.latent_channels, get_task(task).out_channels(cfg.data.label_space),
+            tuple(m.decoder_dims), tuple(m.decoder_depths), m.decoder_heads, m.decoder,
+            tuple(latent), cfg.backbone.patch_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder_count(latent_channels: int, out_channels: int, dims: tuple, depths: tuple,
+                   heads: int, kind: str, latent: tuple[int, int], patch: int) -> tuple[int, int]:
+    """(FLOPs, parameters) of one task decoder decoding one latent: THE decoder count, on a
+    meta build; seconds (torch decomposes every op in Python), hence cached by shape."""
+    with torch.device("meta"):
+        dec = TransformerDecoder(latent_channels, out_channels, dims, depths, heads, kind)
+        y = torch.empty(1, latent_channels, *latent)
+    params = sum(p.numel() for p in dec.parameters())
+    _meta_ready_decoder(dec)  # its 0-dim CPU fusion weights mix with meta tensors
+    with torch.device("meta"), torch.no_grad():
+        flops, _ = count_flops(lambda: dec(y, (latent[0] * patch, latent[1] * patch)))
+    return flops, params
 
 
 def counterpart_decoder(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -310,7 +432,7 @@ class Accounting:
     adapter_bytes: int
     k: int
     storage: dict
-    flops: dict
+    flops: dict  # component -> FLOPs per image (those counted); "total" when all are
     decoder_flops_ratio_full_over_low: float
     optimizer_state_bytes: int
     optimizer_state_source: str = "counted: Adam's two moments and step per trainable tensor"
@@ -354,11 +476,13 @@ def _size_of(cfg: ExperimentConfig, size) -> tuple[int, int]:
 
 
 def account(config, *, size=None, k: int | None = None, task: str | None = None,
-            device: str = "cpu") -> Accounting:
+            device: str = "cpu", flops=COMPONENTS) -> Accounting:
     """Count what ``config`` (an ``ExperimentConfig`` or a list of overrides) costs for one
     ``size`` (H, W; default ``data.size``) image of ``task`` (default: the first) and ``k`` tasks
-    (default: every task of the dataset). Built on the meta device: no weights, no download.
-    ``device`` is only recorded (what a later measurement runs on)."""
+    (default: every task of the dataset). Built on the meta device: no weights, no download,
+    nothing timed. ``device`` is only recorded (what a later measurement runs on). ``flops``:
+    the components whose FLOPs are counted (``component_flops``; the Setup panel and
+    ``icm info`` count the decoder only, which spares the backbone's count)."""
     cfg = config if isinstance(config, ExperimentConfig) else load_config(list(config))
     size = _size_of(cfg, size)
     model = _meta_ready(build_model(cfg, "meta"))
@@ -376,25 +500,27 @@ def account(config, *, size=None, k: int | None = None, task: str | None = None,
         task=task, size=list(size), device=str(device), weights=weights_source(cfg.backbone),
         **counts, adapter_bytes=adapter_bytes, k=k,
         storage=storage_for_tasks(counts, adapter_bytes, a.mode, k),
-        flops=component_flops(model, task, size),
+        flops=component_flops(model, task, size, tuple(flops)),
         decoder_flops_ratio_full_over_low=decoder_flops_ratio(cfg, size, task),
         optimizer_state_bytes=optimizer_state_bytes(trainable.values()),
         batch_size=cfg.train.batch_size)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(overrides: tuple[str, ...], size, k, task) -> Accounting:
-    return account(list(overrides), size=size, k=k, task=task)
+def _cached(overrides: tuple[str, ...], size, k, task, flops) -> Accounting:
+    return account(list(overrides), size=size, k=k, task=task, flops=flops)
 
 
-def account_cached(overrides, *, size=None, k: int | None = None, task: str | None = None) -> Accounting:
+def account_cached(overrides, *, size=None, k: int | None = None, task: str | None = None,
+                   flops=COMPONENTS) -> Accounting:
     """``account`` memoized by its arguments (for panels that recount on every change); a copy,
     so callers may change it."""
     size = None if size is None else tuple(size)
-    return copy.deepcopy(_cached(tuple(overrides), size, k, task))
+    return copy.deepcopy(_cached(tuple(overrides), size, k, task, tuple(flops)))
 
 
-__all__ = ["Accounting", "COMPONENTS", "EnergyMeter", "account", "account_cached",
-           "component_flops", "counterpart_decoder", "decoder_flops_ratio", "flops_of", "low_rank_params",
-           "measured_optimizer_state_bytes", "optimizer_state_bytes", "parameter_counts",
-           "safetensors_bytes", "storage_for_tasks", "FLOAT32_BYTES"]
+__all__ = ["Accounting", "COMPONENTS", "EnergyMeter", "FLOAT32_BYTES", "account", "account_cached",
+           "component_flops", "count_flops", "counterpart_decoder", "decoder_cost",
+           "decoder_flops_ratio", "decoder_gflops", "decoder_latent", "flops_of",
+           "low_rank_params", "measured_optimizer_state_bytes", "optimizer_state_bytes",
+           "parameter_counts", "safetensors_bytes", "side_flops", "storage_for_tasks"]

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -499,13 +498,4 @@ def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu", *,
     return ICMModel(cfg, load_weights=load_weights, generator=generator).to(device)
 
 
-def serialized_size(state: dict[str, torch.Tensor]) -> int:
-    """Bytes of ``state`` as a safetensors file (meta tensors are materialized as zeros)."""
-
-    real = {k: (torch.zeros(v.shape, dtype=v.dtype) if v.device.type == "meta" else v.contiguous().cpu())
-            for k, v in state.items()}
-    return len(save(real)) if real else 0
-
-
-__all__ = ["ICMModel", "ICMOutput", "TaskHead", "build_model",
-           "serialized_size", "HYPERPRIOR_STRIDE"]
+__all__ = ["ICMModel", "ICMOutput", "TaskHead", "build_model", "HYPERPRIOR_STRIDE"]

@@ -1,12 +1,14 @@
 """Adapter ablations (the paper's Fig. 5): a grid of runs, its cost before running, its charts.
 
 ``expand_grid`` turns adapter modes x ranks x target sets x lambdas into one override list per
-run (rank and targets only where they mean something: dora and lora). ``measure_step_time``
+training (rank and targets only where they mean something: dora and lora). With variable rate
+(``model.variable_rate=true``) one training covers every rate, so a configuration trains once,
+its lambdas the anchors (``model.rate_lambdas``), not once per lambda. ``measure_step_time``
 times real optimizer steps of one configuration on this machine and caches the measurement,
-so ``estimate_cost`` multiplies runs x steps x a measured time, never a guess. ``fig5_rows``
-turns finished runs into rows (metric against the share of trainable backbone parameters,
-real-bytes rate); ``save_ablation`` writes them as a plotly chart
-(``icm_core.viz.figures.fig5_figure``), HTML and CSV.
+so ``estimate_cost`` multiplies trainings x steps x a measured time, never a guess. ``fig5_rows``
+turns finished runs into rows (metric against the share of trainable backbone parameters, from
+``icm_core.evaluation.accounting``; real-bytes rate); ``save_ablation`` writes them as a plotly
+chart (``icm_core.viz.figures.fig5_figure``), HTML and CSV.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from omegaconf import OmegaConf
 from icm_core.config import load_config
 from icm_core.config.schema import TARGET_NAMES, ExperimentConfig
 from icm_core.errors import ConfigError
+from icm_core.evaluation.accounting import parameter_counts
 from icm_core.evaluation.results import config_label
 from icm_core.files import write_text
 from icm_core.models.adapters import ADAPTER_KINDS, get_adapter_kind
@@ -44,15 +47,20 @@ STEP_TIMES = ".step-times.json"  # cache of measured step times, in the workspac
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One run of a grid: its settings, the overrides that make it, and its length."""
+    """One training of a grid: its settings, the overrides that make it, and its length."""
 
     name: str
     mode: str
     rank: int | None
     targets: tuple[str, ...] | None
-    lmbda: float
+    lmbda: float | None  # None: variable rate, one training for every rate
     overrides: tuple[str, ...]  # base overrides (minus what the grid sets) + the grid's
     steps: int
+    lambdas: tuple[float, ...] = ()  # what the training covers: (lmbda,), or the rate anchors
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.lmbda is None
 
 
 def _fmt(x: float) -> str:
@@ -63,17 +71,34 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _anchors(cfg: ExperimentConfig, lambdas: list) -> tuple[float, ...]:
+    """A variable-rate grid's rate anchors: its lambdas (2 or more, ascending), or with none
+    given the base's own ``model.rate_lambdas``."""
+    if not lambdas:
+        return tuple(cfg.model.rate_lambdas)
+    anchors = tuple(sorted({float(x) for x in lambdas}))
+    if len(anchors) < 2:
+        raise ConfigError(f"lambdas {lambdas}: with variable rate (model.variable_rate=true) one "
+                          "training covers every rate, and the lambdas are its anchors "
+                          "(model.rate_lambdas): give 2 or more, or none to keep the base's "
+                          f"{list(cfg.model.rate_lambdas)}")
+    return anchors
+
+
 def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
     """Every meaningful combination, in order: modes, then ranks, target sets, lambdas.
 
-    full, fixed and scratch take no rank or targets, so they give one run per lambda.
+    full, fixed and scratch take no rank or targets, so they give one training per lambda.
+    With variable rate (the base sets ``model.variable_rate=true``) a configuration trains once
+    for every rate: the lambdas become its anchors (``model.rate_lambdas``; none given: the
+    base's) and the grid has one training per configuration.
     The base is composed once (``ConfigError`` for a bad override names it) and each point's
     settings are validated on it, as the config dataclasses do.
     """
     modes, ranks, lambdas = list(modes), list(ranks), list(lambdas)
     target_sets = [tuple(t) for t in target_sets]
-    if not modes or not lambdas:
-        raise ConfigError("an ablation grid needs at least one adapter mode and one lambda")
+    if not modes:
+        raise ConfigError("an ablation grid needs at least one adapter mode")
     bad = [m for m in modes if m not in ADAPTER_KINDS]
     if bad:
         raise ConfigError(f"adapter modes {bad}: choose from {list(ADAPTER_KINDS)}")
@@ -91,12 +116,22 @@ def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
         raise ConfigError(f"lambdas {lambdas}: give numbers > 0")
     kept = [o for o in base if _key(o) not in GRID_KEYS]
     cfg = load_config(kept)  # composed once; each point only changes adapter fields and lmbda
+    variable = cfg.model.variable_rate and cfg.model.compression
+    if not variable and not lambdas:
+        raise ConfigError("an ablation grid needs at least one lambda")
+    if variable:
+        anchors = _anchors(cfg, lambdas)
+        if lambdas:  # the grid sets the anchors: the base's are dropped
+            kept = [o for o in kept if _key(o) != "model.rate_lambdas"]
     combos: list[tuple] = []
     for mode in dict.fromkeys(modes):
         if low_rank[mode]:
             combos += [(mode, r, ts) for r in dict.fromkeys(ranks) for ts in dict.fromkeys(target_sets)]
         else:
             combos.append((mode, None, None))
+    if variable:
+        return [_variable_point(cfg, kept, mode, rank, targets, anchors, bool(lambdas),
+                                low_rank[mode]) for mode, rank, targets in combos]
     points = []
     for (mode, rank, targets), lmbda in itertools.product(combos, dict.fromkeys(lambdas)):
         grid = [f"adapter.mode={mode}", f"lmbda={_fmt(lmbda)}"]
@@ -107,8 +142,24 @@ def expand_grid(modes, ranks, target_sets, lambdas, base=()) -> list[GridPoint]:
         replace(cfg, adapter=adapter, lmbda=float(lmbda))  # validates the combination
         name = f"{config_label(mode, rank, targets).replace(' ', '-')}-lmbda{_fmt(lmbda)}"
         points.append(GridPoint(name, mode, rank, targets, float(lmbda), (*kept, *grid),
-                                cfg.train.max_steps))
+                                cfg.train.max_steps, (float(lmbda),)))
     return points
+
+
+def _variable_point(cfg: ExperimentConfig, kept: list, mode: str, rank, targets,
+                    anchors: tuple[float, ...], set_anchors: bool, low_rank: bool) -> GridPoint:
+    """The one training of a variable-rate configuration, at every rate of ``anchors``."""
+    grid = [f"adapter.mode={mode}"]
+    if low_rank:
+        grid += [f"adapter.rank={rank}", f"adapter.targets=[{','.join(targets)}]"]
+    if set_anchors:
+        grid.append(f"model.rate_lambdas=[{','.join(_fmt(x) for x in anchors)}]")
+    adapter = replace(cfg.adapter, mode=mode, **({"rank": rank, "targets": list(targets)}
+                                                 if low_rank else {}))
+    replace(cfg, adapter=adapter, model=replace(cfg.model, rate_lambdas=list(anchors)))  # validates
+    name = (f"{config_label(mode, rank, targets).replace(' ', '-')}-vr"
+            f"{'-'.join(_fmt(x) for x in anchors)}")
+    return GridPoint(name, mode, rank, targets, None, (*kept, *grid), cfg.train.max_steps, anchors)
 
 
 def parse_numbers(text: str, kind: type = float, what: str = "values") -> list:
@@ -225,15 +276,22 @@ def measure_step_time(overrides, cache_dir: str | Path | None = None, steps: int
 
 @dataclass(frozen=True)
 class GridCost:
-    runs: int
+    runs: int  # trainings: one per configuration and lambda, or per configuration (variable rate)
     steps: int  # optimizer steps of all runs together
     step_time: StepTime
     seconds: float  # steps x the measured step time (evaluations and model builds not included)
+    variable_rate: bool = False
+    lambdas: tuple[float, ...] = ()  # variable rate: the anchors each training covers
 
     def describe(self) -> str:
-        return (f"{self.runs} runs, {self.steps} steps x {self.step_time.seconds:.3f} s = "
-                f"{_duration(self.seconds)} of training ({self.step_time.describe()}; "
-                "evaluations and model builds come on top)")
+        if self.variable_rate:
+            what = ("variable rate: one per configuration covers every rate, lambdas "
+                    f"{', '.join(_fmt(x) for x in self.lambdas)}")
+        else:
+            what = "one per configuration and lambda"
+        return (f"{self.runs} training{'s' if self.runs != 1 else ''} ({what}), {self.steps} "
+                f"steps x {self.step_time.seconds:.3f} s = {_duration(self.seconds)} of training "
+                f"({self.step_time.describe()}; evaluations and model builds come on top)")
 
 
 def _duration(seconds: float) -> str:
@@ -243,9 +301,14 @@ def _duration(seconds: float) -> str:
 
 
 def estimate_cost(points: list[GridPoint], step_time: StepTime) -> GridCost:
-    """runs x steps x the measured step time of the first configuration."""
+    """trainings x steps x the measured step time of the first configuration. A point is one
+    training: with variable rate, one per configuration for every rate (``expand_grid``)."""
+    if not points:
+        raise ConfigError("an empty grid has no cost: give at least one adapter mode and lambda")
     steps = sum(p.steps for p in points)
-    return GridCost(len(points), steps, step_time, steps * step_time.seconds)
+    variable = points[0].variable_rate
+    return GridCost(len(points), steps, step_time, steps * step_time.seconds, variable,
+                    points[0].lambdas if variable else ())
 
 
 # -- Fig. 5 data ----------------------------------------------------------------------------
@@ -253,28 +316,28 @@ _SHARES: dict[str, tuple[int, int]] = {}
 
 
 def trainable_share(cfg: ExperimentConfig, task: str | None = None) -> tuple[int, int]:
-    """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact, built on
-    the meta device (no weights); memoized by the settings that decide it."""
-
-
+    """(trainable backbone parameters, all backbone parameters) of ``cfg``, exact: the
+    accounting's ``parameter_counts`` (``icm info``'s numbers) of a meta build (no weights);
+    memoized by the settings that decide it."""
     key = json.dumps([OmegaConf.to_container(OmegaConf.structured(cfg.backbone)),
                       OmegaConf.to_container(OmegaConf.structured(cfg.adapter)),
                       list(cfg.tasks), task], sort_keys=True)
     if key not in _SHARES:
-        model = build_model(cfg, "meta")
-        r = model.trainable_parameters(task or model.tasks[0])
-        _SHARES[key] = (r.trainable_backbone_params, r.backbone_params)
+        c = parameter_counts(build_model(cfg, "meta"), task)
+        _SHARES[key] = (c["trainable_backbone_params"], c["backbone_params"])
     return _SHARES[key]
 
 
-FIG5_COLUMNS = ("run", "label", "adapter", "rank", "targets", "lmbda", "task", "metric", "value",
-                "higher_is_better", "bpp", "trainable_params", "backbone_params",
+FIG5_COLUMNS = ("run", "label", "adapter", "rank", "targets", "lmbda", "rate", "task", "metric",
+                "value", "higher_is_better", "bpp", "trainable_params", "backbone_params",
                 "trainable_percent")
 
 
 def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> list[dict]:
-    """One row per run and task: its real-bytes RA point (``ra_curves.run_points``, cached)
-    and the share of backbone parameters its adapter trains. ``runs``: folders or RunInfo."""
+    """One row per run and task (a variable-rate run: per task and rate): its real-bytes RA
+    point (``ra_curves.run_points``, cached) and the share of backbone parameters its adapter
+    trains. ``lmbda`` is the point's (a variable-rate point's: the lambda its rate stands for).
+    ``runs``: folders or RunInfo."""
     rows = []
     for run in runs:
         path = Path(getattr(run, "path", run))
@@ -285,8 +348,8 @@ def fig5_rows(runs, *, max_images: int | None = None, device: str = "cpu") -> li
             trainable, total = trainable_share(cfg, p.task)
             rows.append({"run": str(path), "label": config_label(a.mode, a.rank, a.targets),
                          "adapter": a.mode, "rank": a.rank if low else None,
-                         "targets": "".join(a.targets) if low else None, "lmbda": cfg.lmbda,
-                         "task": p.task, "metric": p.metric, "value": p.values[0],
+                         "targets": "".join(a.targets) if low else None, "lmbda": p.lmbdas[0],
+                         "rate": p.points[0].get("rate"), "task": p.task, "metric": p.metric, "value": p.values[0],
                          "higher_is_better": p.higher_is_better, "bpp": p.bpp[0],
                          "trainable_params": trainable, "backbone_params": total,
                          "trainable_percent": 100.0 * trainable / total})

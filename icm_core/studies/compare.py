@@ -21,8 +21,8 @@ baseline for machine tasks; leaving it out would flatter the learned codec.
   pre-processor each ``preproc+<codec>`` pipeline and ``best-preproc`` (their envelope);
 - ``ra-<task>.html`` (``icm_core.viz.figures.comparison_figure``; ``.png`` too when kaleido
   is installed);
-- ``complexity.csv`` / ``.json``: parameters, trainable %, FLOPs (``icm_core.evaluation.cost``),
-  measured times.
+- ``complexity.csv`` / ``.json``: parameters, trainable %, FLOPs at the held-out resolution
+  (``icm_core.evaluation.accounting``: ``parameter_counts``, ``side_flops``), measured times.
 
 The held-out scenes are ``icm_core.data.held_out.HeldOut``; the BD-rate table is
 ``icm_core.evaluation.results.bd_rows`` with every classical, pre-processor and envelope curve
@@ -57,7 +57,7 @@ from icm_core.codec import coder
 from icm_core.data.held_out import HeldOut
 from icm_core.data.registry import make_dataset
 from icm_core.errors import ConfigError
-from icm_core.evaluation.cost import count_flops, model_flops, model_parameters
+from icm_core.evaluation.accounting import count_flops, parameter_counts, side_flops
 from icm_core.evaluation.evaluate import evaluate_rates
 from icm_core.evaluation.results import (
     BD_COLUMNS,
@@ -276,7 +276,7 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
     """(task, [Curve], [Complexity]) of every classical and pre-processor pipeline (codec at
     one scale), each point scored by the task's uncompressed baseline."""
     found = []
-    base_flops = {t: model_flops(m, t, ds.size) if flops else None for t, (m, _) in base.items()}
+    base_flops = {t: side_flops(m, t, ds.size) if flops else None for t, (m, _) in base.items()}
     prepped = {t: _apply_all(pp, ds.images) for t, pp in pps.items()}
     pp_flops = {t: count_flops(lambda pp=pp: _apply_all(pp, ds.images[:1]))[0] if flops else None
                 for t, pp in pps.items()}
@@ -459,6 +459,13 @@ def _pp_parameters(pp) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
+def _parameters(model, task: str) -> tuple[int, int, float]:
+    """(parameters ``task``'s forward uses, those it trains, trainable backbone %), from the
+    accounting (``icm info``'s numbers)."""
+    c = parameter_counts(model, task)
+    return c["total_params"], c["trainable_params"], c["trainable_percent"]
+
+
 @torch.no_grad()
 def _learned_complexity(task: str, name: str, run: Path, model, ds: HeldOut,
                         flops: bool) -> Complexity:
@@ -472,8 +479,8 @@ def _learned_complexity(task: str, name: str, run: Path, model, ds: HeldOut,
         coder.decode(model, data)
         dec.append(time.perf_counter() - mid)
         enc.append(mid - start)
-    f = model_flops(model, task, ds.size) if flops else {"encoder": None, "decoder": None}
-    return Complexity(task, name, **model_parameters(model, task), encoder_flops=f["encoder"],
+    f = side_flops(model, task, ds.size) if flops else {"encoder": None, "decoder": None}
+    return Complexity(task, name, *_parameters(model, task), encoder_flops=f["encoder"],
                       decoder_flops=f["decoder"], encode_ms=_median_ms(enc),
                       decode_ms=_median_ms(dec), timed_images=len(enc),
                       note=f"timed and counted on {run} (lambda {model.cfg.lmbda:g}); rANS "
@@ -483,14 +490,13 @@ def _learned_complexity(task: str, name: str, run: Path, model, ds: HeldOut,
 def _pipeline_complexity(task: str, name: str, baseline, pp, enc: list[float], dec: list[float],
                          flops: dict | None, pp_flops: int | None) -> Complexity:
     """A classical (or pre-processor) pipeline + the baseline model at the receiver."""
-    p = model_parameters(baseline, task)
+    total, trainable, percent = _parameters(baseline, task)
     extra = _pp_parameters(pp) if pp is not None else 0
     note = (f"{CODEC_FLOPS_NOTE}; decoder FLOPs = the baseline task network on the decoded "
             "image; times: median per image over every quality"
             + ("; encoder = the pre-processor (its FLOPs) and the codec" if pp is not None
                else ""))
-    return Complexity(task, name, p["parameters"] + extra,
-                      p["trainable_parameters"] + extra, p["trainable_backbone_percent"],
+    return Complexity(task, name, total + extra, trainable + extra, percent,
                       encoder_flops=pp_flops if pp is not None else None,
                       decoder_flops=None if flops is None else flops["encoder"] + flops["decoder"],
                       encode_ms=_median_ms(enc), decode_ms=_median_ms(dec), timed_images=len(enc),

@@ -52,9 +52,9 @@ from icm_core.evaluation.accounting import (
     EnergyMeter,
     account,
     counterpart_decoder,
+    decoder_gflops,
     measured_optimizer_state_bytes,
 )
-from icm_core.evaluation.cost import decoder_gflops
 from icm_core.models import adapters as ad
 from icm_core.models.backbone import weights_available
 from icm_core.models.icm import build_model
