@@ -1,4 +1,4 @@
-"""Write the tables of docs/measurements.md from the committed summary JSON.
+"""Write the tables of docs/measurements.md and README.md from the committed summary JSON.
 
     .venv/bin/python scripts/docs_tables.py           # rewrite the tables in place
     .venv/bin/python scripts/docs_tables.py --check   # exit 1 if the page is out of date
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from icm_core.files import write_text  # noqa: E402
 
 PAGE = ROOT / "docs" / "measurements.md"
+PAGES = (PAGE, ROOT / "README.md")  # every page with marked tables
 SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)",
                    re.DOTALL)
@@ -124,22 +125,25 @@ def table_names(page: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--page", type=Path, default=PAGE)
+    p.add_argument("--page", type=Path, default=None, help="one page (default: every page)")
     p.add_argument("--summary", type=Path, default=SUMMARY)
-    p.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
+    p.add_argument("--check", action="store_true", help="exit 1 if a page is out of date")
     args = p.parse_args(argv)
-    page = args.page.read_text(encoding="utf-8")
-    new = fill(page, args.summary, warn=lambda msg: print(f"docs_tables: {msg}", file=sys.stderr))
-    if args.check:
+    stale = 0
+    for path in [args.page] if args.page else PAGES:
+        page = path.read_text(encoding="utf-8")
+        new = fill(page, args.summary,
+                   warn=lambda msg: print(f"docs_tables: {msg}", file=sys.stderr))
+        if args.check:
+            if new != page:
+                print(f"{path} is out of date: run python scripts/docs_tables.py",
+                      file=sys.stderr)
+                stale = 1
+            continue
         if new != page:
-            print(f"{args.page} is out of date: run python scripts/docs_tables.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if new != page:
-        write_text(args.page, new)
-    print(f"{args.page}: {len(table_names(new))} tables")
-    return 0
+            write_text(path, new)
+        print(f"{path}: {len(table_names(new))} tables")
+    return stale
 
 
 if __name__ == "__main__":

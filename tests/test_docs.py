@@ -49,6 +49,16 @@ def test_measurements_page_is_up_to_date_with_the_json():
             assert len(cells) == len(doc["columns"])
 
 
+def test_readme_tables_come_from_the_committed_json():
+    readme = ROOT / "README.md"
+    assert readme in tables.PAGES
+    page = readme.read_text(encoding="utf-8")
+    assert tables.table_names(page), "the README shows measured tables"
+    assert tables.fill(page, tables.SUMMARY) == page, \
+        "README.md is stale: run python scripts/docs_tables.py"
+    assert "not available" not in page.lower()
+
+
 def test_numbers_are_formatted_per_column_and_the_best_is_bold():
     page = tables.PAGE.read_text(encoding="utf-8")
     # backbones_uncompressed: depth RMSE is lower-is-better, Full FT's 1.027 the best
