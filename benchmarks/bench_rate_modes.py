@@ -106,6 +106,9 @@ def main(argv=None) -> dict:
     p.add_argument("--rate-points", type=int, default=7, help="rates of a variable-rate curve")
     p.add_argument("--timing-images", type=int, default=4)
     p.add_argument("--timing-repeats", type=int, default=3)
+    p.add_argument("--ladders", type=Path, default=None,
+                   help="a bench_choose_ladders.py result (ladders chosen on validation scenes); "
+                   "default: the package's TASK_LAMBDAS / TASK_RATE_LAMBDAS")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "rate_modes")
     p.add_argument("--summary", type=Path, default=None,
@@ -116,9 +119,13 @@ def main(argv=None) -> dict:
     root = RESULTS / "ra_runs"
     tasks = [get_task(t).name for t in args.tasks.split(",")]
 
+    chosen = json.loads(args.ladders.read_text())["summary"] if args.ladders else {}
     runs, baselines, plan = [], [], {}
     for task in tasks:
-        ladder, anchors = list(default_lambdas(task)), list(default_rate_lambdas(task))
+        if task in chosen:
+            ladder, anchors = chosen[task]["choice"]["ladder"], chosen[task]["choice"]["anchors"]
+        else:
+            ladder, anchors = list(default_lambdas(task)), list(default_rate_lambdas(task))
         budget = len(ladder) * args.steps
         anchor_list = "[" + ",".join(repr(float(a)) for a in anchors) + "]"
         vr_common = ["experiment=quick_vr", f"task={task}", f"model.rate_lambdas={anchor_list}"]
@@ -191,6 +198,8 @@ def main(argv=None) -> dict:
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
            "codecs": args.codecs, "summary": summary,
+           "ladders_chosen_on": (json.loads(args.ladders.read_text())["held_out"]
+                                 if args.ladders else "the package's ladders"),
            "seconds": round(time.perf_counter() - t0, 1)}
     write_text(args.out / "summary.json", json.dumps(doc, indent=2))
     committed = args.summary or RESULTS / f"rate_modes_{args.split}.json"

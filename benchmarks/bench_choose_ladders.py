@@ -1,0 +1,145 @@
+"""Choose each task's lambda ladder and variable-rate anchors on VALIDATION scenes.
+
+Issue 21 ("every choice is re-made on validation scenes"). Per task, with the quick preset:
+
+1. one variable-rate model over a wide geometric grid of 7 lambdas (from a quarter
+   of the lowest to twice the highest of the task's current anchors), ``--steps`` steps, and the
+   uncompressed baseline of the same budget (the cache ``bench_rate_modes.py`` uses);
+2. ``icm compare`` on ``--split val`` scenes of ``--seed`` (never the test scenes a report
+   uses): the model at each grid lambda (rate k / (anchors - 1) is anchor k, exactly), and
+   every classical codec (VVC included when found) at every scale, payload rate;
+3. the rule, on those validation numbers only:
+
+   - lowest lambda: the largest grid lambda whose payload rate is at most the classical
+     envelope's lowest rate (so the curve starts where the envelope starts); the smallest
+     grid lambda if none is that low;
+   - highest lambda: the smallest grid lambda whose metric is within ``--flat`` (relative) of
+     the best metric on the grid (above it, rate buys no accuracy), at least ``--min-span``
+     times the lowest;
+   - the per-lambda ladder: 3 lambdas geometric from lowest to highest; the variable-rate
+     anchors: 4, geometric, the same span. Rounded to 3 significant digits.
+
+Writes ``results/ladders_<split>.json`` (commit it): ``icm_core.studies.demo.TASK_LAMBDAS`` and
+``TASK_RATE_LAMBDAS`` are its ``choice`` (a test checks they agree).
+
+    OMP_NUM_THREADS=1 ICM_VVENC=... ICM_VVDEC=... python benchmarks/bench_choose_ladders.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from _runs import provenance, timed_log, train_cached
+
+from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
+from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS
+from icm_core.files import write_text
+from icm_core.studies.compare import ENVELOPE, compare
+from icm_core.studies.demo import TASK_RATE_LAMBDAS
+from icm_core.tasks.registry import get_task
+
+RESULTS = Path(__file__).parent / "results"
+SETTINGS = ("data.workers=0", "data.val_length=4")  # as bench_rate_modes.py: the same cache
+ORDER = "human_parts,saliency,boundary,semseg,depth,normals"
+ANCHORS = DEFAULT_RATE_POINTS  # compare's sweep of a variable-rate run hits each anchor exactly
+
+
+def geometric(lo: float, hi: float, n: int) -> list[float]:
+    """``n`` lambdas from ``lo`` to ``hi``, evenly spaced in log, 3 significant digits."""
+    return [float(f"{lo * (hi / lo) ** (i / (n - 1)):.3g}") for i in range(n)]
+
+
+def choose(grid, bpp, values, higher_is_better: bool, envelope_lo: float, flat: float,
+           min_span: float) -> dict:
+    """The rule of the module docstring on one task's validation numbers."""
+    low = [lm for lm, b in zip(grid, bpp) if b <= envelope_lo]
+    lo = max(low) if low else grid[0]
+    best = max(values) if higher_is_better else min(values)
+    tol = flat * abs(best)
+    near = [lm for lm, v in zip(grid, values)
+            if (v >= best - tol if higher_is_better else v <= best + tol)]
+    hi = min(max(min(near), lo * min_span), grid[-1])  # never above what was trained
+    return {"lowest": lo, "highest": hi, "best_metric": best,
+            "ladder": geometric(lo, hi, 3), "anchors": geometric(lo, hi, 4),
+            "why_lowest": (f"largest grid lambda at <= the envelope's lowest payload rate "
+                           f"{envelope_lo:.4f} bpp" if low else
+                           f"no grid lambda reaches the envelope's lowest rate {envelope_lo:.4f}"
+                           " bpp: the smallest grid lambda"),
+            "why_highest": f"smallest grid lambda within {flat:.0%} of the best metric "
+                           f"{best:.4g} (at least {min_span:g}x the lowest)"}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=ORDER)
+    p.add_argument("--steps", type=int, default=600, help="steps of the wide model and baseline")
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--codecs", default=",".join(c for c in DEFAULT_CODECS
+                                                if c in available_codecs()))
+    p.add_argument("--scales", default="1,0.5,0.25")
+    p.add_argument("--flat", type=float, default=0.01)
+    p.add_argument("--min-span", type=float, default=8.0)
+    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS / "choose_ladders")
+    p.add_argument("--summary", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.split == "test":
+        print("warning: choosing on test scenes defeats the purpose; report on them instead")
+    torch.set_num_threads(1)
+    t0, log = time.perf_counter(), timed_log()
+    root = RESULTS / "ra_runs"
+    tasks = [get_task(t).name for t in args.tasks.split(",")]
+    summary = {}
+    for task in tasks:
+        now = TASK_RATE_LAMBDAS[task]
+        grid = geometric(now[0] / 4, now[-1] * 2, ANCHORS)
+        base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
+                             f"train.max_steps={args.steps}"], root, settings=SETTINGS,
+                            retrain=args.retrain, log=log)[2]
+        wide = train_cached(["experiment=quick_vr", f"task={task}",
+                             "model.rate_lambdas=[" + ",".join(map(repr, grid)) + "]",
+                             "name=vr-wide", f"train.max_steps={args.steps}"], root,
+                            settings=SETTINGS, retrain=args.retrain, log=log)[2]
+        result = compare([wide], [base], codecs=args.codecs.split(","),
+                         scales=[float(s) for s in args.scales.split(",")],
+                         preprocessor="none", images=args.images, size=args.size,
+                         out=args.out / task, split=args.split, seed=args.seed, log=log,
+                         metric_options={"boundary": {"n_thresholds": 19}})
+        learned = next(c for c in result.curves[task] if c.kind == "learned").at_rate("payload")
+        env = next(c for c in result.curves[task] if c.name == ENVELOPE and c.rate == "payload")
+        # the sweep's rates are the anchors: each point is the model at one grid lambda
+        by_lambda = sorted(zip([pt["lmbda"] for pt in learned.points], learned.bpp,
+                               learned.values))
+        assert all(math.isclose(a, g, rel_tol=1e-6) for (a, _, _), g in zip(by_lambda, grid))
+        spec = get_task(task)
+        c = choose(grid, [b for _, b, _ in by_lambda], [v for _, _, v in by_lambda],
+                   spec.higher_is_better, min(env.bpp), args.flat, args.min_span)
+        summary[task] = {"metric": spec.metric, "grid": grid,
+                         "bpp_payload": [b for _, b, _ in by_lambda],
+                         "values": [v for _, _, v in by_lambda],
+                         "uncompressed": env.uncompressed,
+                         "envelope": {"bpp_payload": env.bpp, "values": env.values},
+                         "choice": c}
+        log(f"{task}: ladder {c['ladder']}, anchors {c['anchors']} ({c['why_lowest']}; "
+            f"{c['why_highest']})")
+    doc = {"provenance": provenance(),
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
+           "rule": __doc__.split("3. the rule")[1].split("Writes")[0].strip(),
+           "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
+    committed = args.summary or RESULTS / f"ladders_{args.split}.json"
+    write_text(committed, json.dumps(doc, indent=2) + "\n")
+    log(f"wrote {committed}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
