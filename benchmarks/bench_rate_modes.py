@@ -109,11 +109,15 @@ def main(argv=None) -> dict:
     p.add_argument("--ladders", type=Path, default=None,
                    help="a bench_choose_ladders.py result (ladders chosen on validation scenes); "
                    "default: the package's TASK_LAMBDAS / TASK_RATE_LAMBDAS")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"which of {', '.join(MODES)} to train and score (per-lambda is the "
+                   "reference of the mode comparison and the coding times)")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "rate_modes")
     p.add_argument("--summary", type=Path, default=None,
                    help="the small JSON to commit (default: results/rate_modes_<split>.json)")
     args = p.parse_args(argv)
+    modes = [m for m in MODES if m in args.modes.split(",")]
     torch.set_num_threads(1)
     t0, log = time.perf_counter(), timed_log()
     root = RESULTS / "ra_runs"
@@ -132,16 +136,20 @@ def main(argv=None) -> dict:
         base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
                              f"train.max_steps={budget}"], root, settings=SETTINGS,
                             retrain=args.retrain, log=log)[2]
-        per = [train_cached(["experiment=quick", f"task={task}", f"lmbda={lm}",
-                             f"train.max_steps={args.steps}"], root, settings=SETTINGS,
-                            retrain=args.retrain, log=log)[2] for lm in ladder]
-        vr_steps = train_cached([*vr_common, "name=vr-steps", f"train.max_steps={args.steps}"],
-                                root, settings=SETTINGS, retrain=args.retrain, log=log)[2]
-        vr_time = train_cached([*vr_common, "name=vr-time", f"train.max_steps={budget}"], root,
-                               settings=SETTINGS, retrain=args.retrain, log=log)[2]
+        trained = {}
+        if "per-lambda" in modes:
+            trained["per-lambda"] = [train_cached(
+                ["experiment=quick", f"task={task}", f"lmbda={lm}", f"train.max_steps={args.steps}"],
+                root, settings=SETTINGS, retrain=args.retrain, log=log)[2] for lm in ladder]
+        for mode, steps in (("vr-steps", args.steps), ("vr-time", budget)):
+            if mode in modes:
+                trained[mode] = [train_cached([*vr_common, f"name={mode}",
+                                               f"train.max_steps={steps}"], root,
+                                              settings=SETTINGS, retrain=args.retrain,
+                                              log=log)[2]]
         plan[task] = {"ladder": ladder, "anchors": anchors, "budget_steps": budget,
-                      "runs": {"per-lambda": per, "vr-steps": [vr_steps], "vr-time": [vr_time]}}
-        runs += [*per, vr_steps, vr_time]
+                      "runs": trained}
+        runs += [r for rs in trained.values() for r in rs]
         baselines.append(base)
 
     # the per-lambda runs are named "quick" by their preset: compare's curve "learned-quick"
@@ -158,23 +166,28 @@ def main(argv=None) -> dict:
     for task in tasks:
         row = {"metric": get_task(task).metric, **{k: plan[task][k] for k in
                                                    ("ladder", "anchors", "budget_steps")}}
-        curves = {m: _curve(result, task, names[m]) for m in MODES}
+        curves = {m: _curve(result, task, names[m]) for m in modes}
         pay = {m: c.at_rate("payload") for m, c in curves.items()}
         env = _curve(result, task, ENVELOPE)
         row["uncompressed"] = env.uncompressed
         row["vs_best_classical"] = {m: {"payload": _bd_row(result.bd_rates, task, names[m],
                                                            ENVELOPE, "payload"),
                                         "file": _bd_row(result.bd_rates, task, names[m],
-                                                        ENVELOPE, "file")} for m in MODES}
-        row["vs_per_lambda_payload"] = {m: _bd(pay["per-lambda"], pay[m])
-                                        for m in ("vr-steps", "vr-time")}
+                                                        ENVELOPE, "file")} for m in modes}
+        row["vs_per_lambda_payload"] = ({m: _bd(pay["per-lambda"], pay[m])
+                                         for m in ("vr-steps", "vr-time") if m in modes}
+                                        if "per-lambda" in modes else {})
         row["curves"] = {m: {"bpp_payload": pay[m].bpp, "values": pay[m].values,
-                             "points": pay[m].points} for m in MODES}
+                             "points": pay[m].points} for m in modes}
         env_pay = next(c for c in result.curves[task]
                        if c.name == ENVELOPE and c.rate == "payload")
         row["curves"]["best-classical"] = {"bpp_payload": env_pay.bpp, "values": env_pay.values}
         row["train_seconds"] = {m: [trained_seconds(r) for r in plan[task]["runs"][m]]
-                                for m in MODES}
+                                for m in modes}
+        summary[task] = row
+        if not {"per-lambda", "vr-time"} <= set(modes):
+            log(f"{task}: vs best-classical (payload) {row['vs_best_classical']}")
+            continue
         mid = plan[task]["runs"]["per-lambda"][len(plan[task]["ladder"]) // 2]
         m_per = load_checkpoint(mid)[0]
         m_vr = load_checkpoint(plan[task]["runs"]["vr-time"][0])[0]
@@ -188,11 +201,7 @@ def main(argv=None) -> dict:
         row["coding_time"] = {"lambda": lam, "rate": rate,
                               **_coding_seconds(m_per, None, m_vr, rate, task, images,
                                                 args.timing_repeats)}
-        summary[task] = row
-        vs = row["vs_best_classical"]
-        log(f"{task}: vs best-classical (payload) per-lambda {vs['per-lambda']['payload']['value']}"
-            f" vr-steps {vs['vr-steps']['payload']['value']} vr-time "
-            f"{vs['vr-time']['payload']['value']}; vs per-lambda: "
+        log(f"{task}: vs best-classical (payload) {row['vs_best_classical']}; vs per-lambda: "
             f"{row['vs_per_lambda_payload']}")
     doc = {"provenance": provenance(),
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

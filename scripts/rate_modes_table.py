@@ -1,0 +1,98 @@
+"""benchmarks/results/rate_modes_<split>.json (bench_rate_modes.py) -> two tables that
+scripts/docs_tables.py puts on the README and the measurements page:
+
+- ``summary/rate_goal.json``: BD-rate of each training mode against the best classical
+  pipeline (JPEG, WebP, AVIF, HEVC and VVC at 1, 1/2, 1/4 + a baseline of the same budget),
+  payload rate (file rate beside the variable-rate model's);
+- ``summary/rate_modes.json``: variable rate against per-lambda models (BD-rate, task-file
+  parameters, encode and decode time, training seconds).
+
+    python scripts/rate_modes_table.py benchmarks/results/rate_modes_test.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SUMMARY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "summary"
+
+
+def _bd(entry: dict) -> str:
+    return "n/a" if entry.get("value") is None else f"{entry['value']:+.1f} %"
+
+
+def _at(vs: dict, mode: str, rate: str) -> dict:
+    return vs.get(mode, {}).get(rate, {})
+
+
+def _source(doc: dict) -> str:
+    prov = doc["provenance"]
+    return f"{prov['command']} (commit {prov['commit'][:10]})"
+
+
+def goal_table(doc: dict) -> dict:
+    rows = []
+    steps = doc["args"]["steps"]
+    for task, r in doc["summary"].items():
+        vs = r["vs_best_classical"]
+        rows.append([f"{task} {r['metric']}", _bd(_at(vs, "per-lambda", "payload")),
+                     _bd(_at(vs, "vr-steps", "payload")), _bd(_at(vs, "vr-time", "payload")),
+                     _bd(_at(vs, "vr-time", "file")), f"{r['uncompressed']:.4g}"])
+    budget = 3 * steps
+    return {"title": f"Learned codec vs the best classical pipeline, {doc['held_out']}",
+            "source": _source(doc),
+            "columns": [{"name": "task"},
+                        {"name": f"per-lambda, 3 x {steps} steps"},
+                        {"name": f"variable rate, {steps} steps"},
+                        {"name": f"variable rate, {budget} steps"},
+                        {"name": "same, file rate"},
+                        {"name": f"uncompressed ({budget} steps)"}],
+            "rows": rows}
+
+
+def modes_table(doc: dict) -> dict:
+    rows = []
+    for task, r in doc["summary"].items():
+        if "coding_time" not in r:  # a run without both modes
+            continue
+        t = r["train_seconds"]
+        per = sum(v for v in t["per-lambda"] if v is not None) if all(t["per-lambda"]) else None
+        ct = r["coding_time"]
+        rows.append([f"{task} {r['metric']}", _bd(r["vs_per_lambda_payload"].get("vr-steps", {})),
+                     _bd(r["vs_per_lambda_payload"].get("vr-time", {})),
+                     r["task_file_params"]["ratio"],
+                     ct["encode_ratio_variable_over_per_lambda"],
+                     ct["decode_ratio_variable_over_per_lambda"],
+                     "n/a" if per is None or t["vr-time"][0] is None
+                     else f"{per:.0f} / {t['vr-time'][0]:.0f}"])
+    steps = doc["args"]["steps"]
+    return {"title": f"Variable rate against per-lambda models, {doc['held_out']}",
+            "source": _source(doc),
+            "columns": [{"name": "task"},
+                        {"name": f"BD-rate, equal steps per model ({steps})"},
+                        {"name": f"BD-rate, equal total steps ({3 * steps})"},
+                        {"name": "task-file parameters (ratio)", "format": ".4f"},
+                        {"name": "encode time (ratio)", "format": ".2f"},
+                        {"name": "decode time (ratio)", "format": ".2f"},
+                        {"name": "training s, 3 per-lambda / 1 variable"}],
+            "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    """``rate_modes_table.py [GOAL_JSON [MODES_JSON]]``: the goal table from the first results
+    file, the mode comparison from the second (default: the first)."""
+    goal = Path(argv[0] if argv else "benchmarks/results/rate_modes_test.json")
+    modes = Path(argv[1]) if len(argv) > 1 else goal
+    for name, doc, make in (("rate_goal", json.loads(goal.read_text()), goal_table),
+                            ("rate_modes", json.loads(modes.read_text()), modes_table)):
+        table = make(doc)
+        out = SUMMARY / f"{name}.json"
+        out.write_text(json.dumps({"provenance": doc["provenance"], **table}, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
