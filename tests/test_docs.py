@@ -232,18 +232,29 @@ def test_preset_table_reads_every_experiment():
 
 
 # -- the site -----------------------------------------------------------------------------------
-DOCS_TOOLS = ("mkdocs", "material", "mkdocs_jupyter", "mkdocstrings_handlers")
+DOCS_TOOLS = ("mkdocs", "material", "mkdocs_jupyter", "mkdocstrings_handlers", "latex2mathml")
 MISSING = [m for m in DOCS_TOOLS if importlib.util.find_spec(m) is None]
+needs_docs_tools = pytest.mark.skipif(
+    bool(MISSING), reason=f"{MISSING} not installed: pip install -e '.[dev]' brings mkdocs, "
+    "mkdocs-material, mkdocs-jupyter, mkdocstrings and latex2mathml")
+MATH_PAGES = ("method/backbone", "method/decoder", "method/training", "teaching/dora",
+              "teaching/entropy-hyperprior", "teaching/rate-lambda",
+              "notebooks/05_dora_explained")
 
 
-@pytest.mark.skipif(bool(MISSING), reason=f"{MISSING} not installed: pip install -e '.[dev]' "
-                    "brings mkdocs, mkdocs-material, mkdocs-jupyter and mkdocstrings")
-def test_site_builds_offline_with_the_notebooks(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once for the tests below with ``mkdocs build --strict``."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return site
+
+
+@needs_docs_tools
+def test_site_builds_offline_with_the_notebooks(site):
     assert (site / "index.html").exists()
     for name in NOTEBOOKS:
         page = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
@@ -260,6 +271,35 @@ def test_site_builds_offline_with_the_notebooks(tmp_path):
     assert "fonts.googleapis.com" not in html
 
 
+@needs_docs_tools
+def test_site_math_is_mathml_with_no_latex_left(site):
+    pages = {p.parent.relative_to(site).as_posix(): p.read_text(encoding="utf-8")
+             for folder in ("method", "teaching", "notebooks") for p in (site / folder).rglob(
+                 "index.html")}
+    for name, page in pages.items():
+        text = re.sub(r'alttext="[^"]*"', "", page)
+        if name in MATH_PAGES:
+            assert "<math " in page, name
+        else:
+            assert "<math " not in page, name
+        for cls in re.findall(r'class="arithmatex">(.{0,2})', text):  # converted, not \( or \[
+            assert cls == "<m", (name, cls)
+        assert "\\lVert" not in text and "\\frac" not in text, name
+    # DoRA's eq. 1: display math, a fraction with the column norm below, the LaTeX kept as alttext
+    eq1 = re.search(r'<div class="arithmatex">(<math .*?</math>)</div>',
+                    pages["method/backbone"], re.DOTALL)[1]
+    assert 'display="block"' in eq1 and "<mfrac>" in eq1
+    assert "&#x02016;" in eq1  # the norm bars
+    assert 'alttext="W&#x27; = m \\, \\frac{W_0 + s B A}' in eq1
+    inline = re.findall(r'<span class="arithmatex">(<math .*?</math>)</span>',
+                        pages["method/backbone"])
+    assert inline and all('display="inline"' in m for m in inline)
+    assert "<msup><mi>&#x0211D;</mi>" in pages["method/backbone"]  # \mathbb{R}^{d x r}
+    # the notebook's Markdown $-math too, and the code cells' $ is left alone
+    nb = pages["notebooks/05_dora_explained"]
+    assert nb.count("<math ") >= 10 and "<mfrac>" in nb
+
+
 def test_missing_screenshots_become_notes_and_present_ones_stay(tmp_path):
     hooks = _script("mkdocs_hooks")
     (tmp_path / "img").mkdir()
@@ -271,3 +311,22 @@ def test_missing_screenshots_become_notes_and_present_ones_stay(tmp_path):
     assert '!!! note "Screenshot to come: Setup tab"' in out
     assert "`docs/img/workbench-setup.png`" in out
     assert "text ![x](y.png)" in out  # only whole-line img/ screenshots are handled
+
+
+def test_math_to_mathml_converts_leaves_code_and_warns_on_what_does_not_convert(caplog):
+    hooks = _script("mkdocs_hooks")
+    page = ('<p>a <span class="arithmatex">\\(x &lt; \\frac{1}{2}\\)</span></p>'
+            '<div class="arithmatex">\\[\\unknowncmd x\\]</div>'
+            '<div class="jp-RenderedHTMLCommon jp-RenderedMarkdown jp-MarkdownOutput">'
+            "<p>$$a^2$$ and $b$ but <code>echo $HOME $PATH</code></p></div>")
+    with caplog.at_level("WARNING"):
+        out = hooks.math_to_mathml(page, "p.md")
+    frac = re.search(r'<span class="arithmatex">(<math .*?</math>)</span>', out)[1]
+    assert "<mfrac><mrow><mn>1</mn></mrow><mrow><mn>2</mn></mrow></mfrac>" in frac and "&#x0003C;" in frac
+    assert 'alttext="x &lt; \\frac{1}{2}"' in frac
+    # an unknown command stays as LaTeX text (delimiters and all), with a warning naming it
+    assert '<div class="arithmatex">\\[\\unknowncmd x\\]</div>' in out
+    assert "p.md" in caplog.text and "unknowncmd" in caplog.text
+    assert '<math alttext="a^2" xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in out
+    assert 'display="inline"><mrow><mi>b</mi></mrow></math>' in out
+    assert "<code>echo $HOME $PATH</code>" in out
