@@ -39,20 +39,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from icm_core.baselines.jpeg_proxy import JPEG_CHROMA, PROXIES, make_proxy
+from icm_core.baselines.jpeg_proxy import PROXIES, make_proxy
 from icm_core.data.images import pil_to_tensor
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.files import atomic_path
 from icm_core.tasks.objective import task_loss
-
-JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
-
-"""Average Huffman code bits per 8x8 block (its DC-difference symbol and end-of-block code) and
-per (run, size) symbol of a nonzero AC coefficient in Pillow's optimized-Huffman JPEG files,
-fitted on synthetic scenes (see the module docstring)."""
-
-"""The fit's intercept: markers, quantization and Huffman tables (~300 bytes). Constant, so the
-proxy's ``bits`` leave it out; :func:`proxy_agreement` adds it to compare with file sizes."""
 
 FORMAT = "icm-preprocessor/1"
 
