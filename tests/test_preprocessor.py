@@ -15,9 +15,12 @@ from PIL import Image
 from icm_core.baselines.classical import get_codec
 from icm_core.baselines.jpeg_proxy import (
     JPEG_SYMBOL_BITS,
+    PROXIES,
     JPEGProxy,
     jpeg_table,
+    make_proxy,
     proxy_agreement,
+    proxy_for,
 )
 from icm_core.baselines.preprocessor import (
     PreProcessor,
@@ -198,6 +201,17 @@ def test_the_chroma_table_needs_no_other_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
     assert done.stdout.split() == ["17", "21"]
+
+
+def test_proxies_are_a_registry_with_a_jpeg_fallback(monkeypatch):
+    assert [proxy_for(c) for c in ("jpeg", "webp", "vvc")] == ["jpeg"] * 3
+    assert isinstance(make_proxy("jpeg"), JPEGProxy)
+    with pytest.raises(ConfigError, match="codec='webp' has no differentiable proxy"):
+        make_proxy("webp")
+    monkeypatch.setitem(PROXIES, "webp", torch.nn.Identity)  # a proxy registered by name
+    assert proxy_for("webp") == "webp" and proxy_for("vvc") == "jpeg"
+    assert PreprocessorConfig(codec="webp").codec == "webp"
+    assert isinstance(make_proxy("webp"), torch.nn.Identity)
 
 
 # -- files and use -------------------------------------------------------------------------------

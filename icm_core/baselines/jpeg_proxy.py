@@ -1,9 +1,11 @@
-"""A differentiable proxy of JPEG (DCT, the standard quantization tables, a rounding proxy and a calibrated bit cost) that a pre-processor trains through."""
+"""Differentiable codec proxies a pre-processor trains through: ``PROXIES`` (codec name ->
+proxy), today JPEG's (DCT, the standard quantization tables, a rounding proxy and a calibrated
+bit cost)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -39,9 +41,6 @@ fitted on synthetic scenes (see ``icm_core.baselines.preprocessor``'s docstring)
 JPEG_HEADER_BITS = 2392.0
 """The fit's intercept: markers, quantization and Huffman tables (~300 bytes). Constant, so the
 proxy's ``bits`` leave it out; :func:`proxy_agreement` adds it to compare with file sizes."""
-
-
-PROXIES = ("jpeg",)
 
 
 def jpeg_table(quality: int, chroma: bool = False) -> np.ndarray:
@@ -153,11 +152,30 @@ class JPEGProxy(nn.Module):
         return ProxyOutput((rgb.clamp(0, 255) / 255)[..., :H, :W], bits)
 
 
+PROXIES: dict[str, Callable[[], nn.Module]] = {"jpeg": JPEGProxy}
+"""Codec name -> constructor of its differentiable proxy; a pre-processor can be trained for
+exactly these codecs (``PreprocessorConfig.codec``), every other codec gets the one trained
+through ``FALLBACK_PROXY``. A proxy is an ``nn.Module`` whose ``forward(image, quality)`` takes
+(B, 3, H, W) images in [0, 1] and one integer quality of ``PreprocessorConfig.qualities`` and
+returns a ``ProxyOutput``: what the decoder would show, and the bits of each image, both
+differentiable with respect to ``image``. To add one: ``PROXIES["webp"] = WebPProxy``."""
+
+FALLBACK_PROXY = "jpeg"
+"""The proxy whose pre-processor a codec without its own proxy is given."""
+
+
 def make_proxy(codec: str) -> nn.Module:
+    """A new proxy of ``codec`` (a name of ``PROXIES``)."""
     if codec not in PROXIES:
         raise ConfigError(f"preprocessor codec={codec!r} has no differentiable proxy; "
                           f"use one of {list(PROXIES)}")
-    return JPEGProxy()
+    return PROXIES[codec]()
+
+
+def proxy_for(codec: str) -> str:
+    """The proxy a pre-processor in front of ``codec`` is trained through: its own when it has
+    one, else ``FALLBACK_PROXY``."""
+    return codec if codec in PROXIES else FALLBACK_PROXY
 
 
 # -- how well the proxy tracks the real codec --------------------------------------------------

@@ -21,6 +21,10 @@ squares to real Pillow JPEG sizes of synthetic training scenes (64 to 256 px, qu
 value is this exact count on the rounded coefficients; its gradient comes from a smooth
 relaxation (each coefficient costs ``(h + 1) min(|q|, 1) + log2 max(|q|, 1)``), so shrinking a
 small coefficient towards zero is rewarded by the bits its symbol would cost.
+
+One pre-processor is trained per codec that has a proxy (``jpeg_proxy.PROXIES``, today JPEG
+only: ``PreprocessorConfig.codec``); ``icm compare`` puts the JPEG-trained one in front of every
+other codec and records so (``jpeg_proxy.proxy_for``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _is_int(v) -> bool:
 class PreprocessorConfig:
     """How a pre-processor is built and trained (stored with its weights)."""
 
-    codec: str = "jpeg"  # the codec the differentiable proxy imitates
+    codec: str = "jpeg"  # the codec whose differentiable proxy it trains through (PROXIES)
     lmbda: float = 0.05  # weight of the proxy rate (bpp) against the task loss
     qualities: tuple[int, ...] = (10, 20, 30, 50, 70)  # proxy qualities, one drawn per step
     steps: int = 300
