@@ -4,18 +4,23 @@ import csv
 import importlib
 import io
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import icm_core.baselines.jpeg_proxy as jpeg_proxy
 import icm_core.evaluation.evaluate as ev
 import icm_core.evaluation.score as sc
 import icm_core.studies.compare as cmp
 from icm_core.baselines.classical import available_codecs
+from icm_core.baselines.jpeg_proxy import ProxyOutput
 from icm_core.baselines.preprocessor import PreprocessorConfig, load_preprocessor
 from icm_core.cli.main import main
 from icm_core.data.synthetic import SyntheticScenes
@@ -100,7 +105,9 @@ def test_files_and_compressai_layout(setup):
     for name in CLASSICAL:
         pts = json.loads((out / f"{name}-depth.json").read_text())["points"]
         assert sorted(p["quality"] for p in pts) == sorted(SMALL_LADDERS[name.split("@")[0]])
-    assert (out / "ra-depth.html").stat().st_size > 1000 and (out / "preproc-depth.safetensors").is_file()
+    assert (out / "ra-depth.html").stat().st_size > 1000
+    assert (out / "preproc-depth-jpeg.safetensors").is_file()  # one per (task, proxy): JPEG only
+    assert not (out / "preproc-depth-webp.safetensors").exists()
     # semseg has a learned curve but no baseline: its pipelines are skipped, and said so
     assert (out / "learned-semseg.json").is_file() and not (out / "jpeg-semseg.json").exists()
     assert any("semseg" in s and "--baseline" in s for s in result.skipped)
@@ -243,14 +250,108 @@ def test_model_flops_split_adds_up(setup):
 
 def test_cli_compare_with_a_saved_preprocessor(setup, tmp_path, capsys):
     root, _, _ = setup
-    path = root / "out" / "preproc-depth.safetensors"
+    path = root / "out" / "preproc-depth-jpeg.safetensors"
     assert load_preprocessor(path).cfg == PP
     rc = main(["compare", str(root / "learned" / "lmbda-4"), "--baseline", str(root / "base"),
-               "--codecs", "jpeg", "--scales", "1", "--images", "2", "--size", "64",
+               "--codecs", "jpeg,webp", "--scales", "1", "--images", "2", "--size", "64",
                "--preprocessor", str(path), "--out", str(tmp_path)])
-    assert rc == 0 and "bd_rate.csv" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert rc == 0 and "bd_rate.csv" in printed
+    assert f"--preprocessor {path} was trained through the jpeg proxy; it is used for webp" in printed
     doc = json.loads((tmp_path / "preproc+jpeg-depth.json").read_text())
     assert doc["kind"] == "preproc" and len(doc["results"]["bpp"]) == len(SMALL_LADDERS["jpeg"])
+    # the one file is in front of every codec, and each pipeline records what trained it
+    webp = json.loads((tmp_path / "preproc+webp-depth.json").read_text())
+    assert {p["preprocessor_proxy"] for p in doc["points"] + webp["points"]} == {"jpeg"}
+    assert "JPEG-trained pre-processor" in webp["description"]
+
+
+def _pipeline_doc(out, name):
+    return json.loads((out / f"{name}-depth.json").read_text())
+
+
+def test_codecs_without_a_proxy_get_the_jpeg_trained_preprocessor_and_say_so(setup):
+    root, _, logs = setup
+    out = root / "out"
+    for name in CLASSICAL:
+        assert all("preprocessor_proxy" not in p for p in _pipeline_doc(out, name)["points"])
+        doc = _pipeline_doc(out, f"preproc+{name}")
+        assert {p["preprocessor_proxy"] for p in doc["points"]} == {"jpeg"}
+        assert "after the JPEG-trained pre-processor" in doc["description"]
+        said = "(trained through the jpeg proxy: webp has no differentiable proxy)"
+        assert (said in doc["description"]) == name.startswith("webp")
+    assert "depth: no differentiable proxy for webp: it gets the JPEG-trained pre-processor" in logs
+    assert any(s.startswith("webp at scale 1: ") and s.endswith(
+        "(and pre-processed by the JPEG-trained pre-processor)") for s in logs)
+
+
+class _ToyProxy(torch.nn.Module):
+    """A differentiable stand-in for a second codec: a blur, and bits for its detail."""
+
+    def forward(self, image, quality):
+        blurred = F.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+        bits = (image - blurred).abs().flatten(1).sum(1) * quality
+        return ProxyOutput(blurred, bits)
+
+
+def test_a_codec_with_a_proxy_gets_its_own_preprocessor(setup, tmp_path, monkeypatch):
+    root, result, _ = setup
+    monkeypatch.setitem(jpeg_proxy.PROXIES, "webp", _ToyProxy)
+    calls, train = [], cmp.pre.train_preprocessor
+
+    def spy(model, task, dataset, cfg, **kw):
+        calls.append((task, cfg.codec))
+        return train(model, task, dataset, cfg, **kw)
+
+    monkeypatch.setattr(cmp.pre, "train_preprocessor", spy)
+    logs = []
+    args = dict(codecs=CODECS, scales=[1.0], images=N, size=SIZE, flops=False, log=logs.append)
+    compare([root / "learned" / "lmbda-4"], [root / "base"], out=tmp_path / "a",
+            preprocessor="train", preprocessor_config=PP, **args)
+    assert calls == [("depth", "jpeg"), ("depth", "webp")]  # once per (task, proxy)
+    assert load_preprocessor(tmp_path / "a" / "preproc-depth-webp.safetensors").cfg == replace(
+        PP, codec="webp")
+    webp = _pipeline_doc(tmp_path / "a", "preproc+webp")
+    assert {p["preprocessor_proxy"] for p in webp["points"]} == {"webp"}
+    assert "after the WEBP-trained pre-processor," in webp["description"]
+    assert not any("no differentiable proxy" in s for s in logs)
+    # the JPEG pipeline is the one the JPEG-only comparison measured, to the bit
+    jpeg = _pipeline_doc(tmp_path / "a", "preproc+jpeg")
+    alone = result.curve("depth", "preproc+jpeg")
+    assert (jpeg["results"]["bpp"], jpeg["results"]["RMSE"]) == (alone.bpp, alone.values)
+    # the folder it wrote gives each codec its own file back, training nothing
+    compare([root / "learned" / "lmbda-4"], [root / "base"], out=tmp_path / "b",
+            preprocessor=str(tmp_path / "a"), **args)
+    assert len(calls) == 2
+    for name in ("preproc+jpeg", "preproc+webp"):
+        assert _pipeline_doc(tmp_path / "b", name)["results"] == _pipeline_doc(
+            tmp_path / "a", name)["results"]
+    # without its file, webp falls back to the JPEG one, and says so
+    (tmp_path / "a" / "preproc-depth-webp.safetensors").unlink()
+    logs.clear()
+    compare([root / "learned" / "lmbda-4"], [root / "base"], out=tmp_path / "c",
+            preprocessor=str(tmp_path / "a"), **args)
+    assert {p["preprocessor_proxy"] for p in _pipeline_doc(tmp_path / "c", "preproc+webp")[
+        "points"]} == {"jpeg"}
+    assert any("has no preproc-depth-webp.safetensors: webp gets the JPEG-trained" in s
+               for s in logs)
+
+
+def test_a_folder_with_the_older_file_name_still_loads(setup, tmp_path):
+    root, result, _ = setup
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(root / "out" / "preproc-depth-jpeg.safetensors", old / "preproc-depth.safetensors")
+    run, base = [root / "learned" / "lmbda-4"], [root / "base"]
+    r = compare(run, base, codecs=CODECS, scales=[1.0], images=N, size=SIZE, flops=False,
+                out=tmp_path / "out", preprocessor=str(old), log=lambda s: None)
+    for name in ("preproc+jpeg", "preproc+webp"):
+        assert r.curve("depth", name).values == result.curve("depth", name).values
+        assert {p["preprocessor_proxy"] for p in r.curve("depth", name).points} == {"jpeg"}
+    with pytest.raises(ConfigError, match="no preproc-depth-jpeg.safetensors .nor "
+                       "preproc-depth.safetensors. for the jpeg pipeline of depth"):
+        compare(run, base, codecs=CODECS, scales=[1.0], images=N, size=SIZE, flops=False,
+                out=tmp_path / "out", preprocessor=str(tmp_path / "out"), log=lambda s: None)
 
 
 def test_errors_name_the_problem(setup, tmp_path, capsys):

@@ -1,6 +1,10 @@
 """The pre-processor baseline: JPEG proxy against real JPEG files, training, files, use."""
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +13,15 @@ import torch
 from PIL import Image
 
 from icm_core.baselines.classical import get_codec
-from icm_core.baselines.jpeg_proxy import JPEG_SYMBOL_BITS, JPEGProxy, jpeg_table, proxy_agreement
+from icm_core.baselines.jpeg_proxy import (
+    JPEG_SYMBOL_BITS,
+    PROXIES,
+    JPEGProxy,
+    jpeg_table,
+    make_proxy,
+    proxy_agreement,
+    proxy_for,
+)
 from icm_core.baselines.preprocessor import (
     PreProcessor,
     PreprocessorConfig,
@@ -179,6 +191,27 @@ def test_refuses_compressed_baseline_and_bad_config():
     with pytest.raises(ConfigError, match="bogus"):
         PreprocessorConfig.from_dict({"bogus": 1})
     assert PreprocessorConfig.from_dict({"qualities": [5, 9]}).qualities == (5, 9)
+
+
+def test_the_chroma_table_needs_no_other_module():
+    """The proxy module alone has JPEG's chroma table (it once got it from another module)."""
+    code = ("import icm_core.baselines.jpeg_proxy as j; "
+            "print(int(j.JPEG_CHROMA[0, 0]), int(j.jpeg_table(50, chroma=True)[1, 1]))")
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's icm_core
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.stdout.split() == ["17", "21"]
+
+
+def test_proxies_are_a_registry_with_a_jpeg_fallback(monkeypatch):
+    assert [proxy_for(c) for c in ("jpeg", "webp", "vvc")] == ["jpeg"] * 3
+    assert isinstance(make_proxy("jpeg"), JPEGProxy)
+    with pytest.raises(ConfigError, match="codec='webp' has no differentiable proxy"):
+        make_proxy("webp")
+    monkeypatch.setitem(PROXIES, "webp", torch.nn.Identity)  # a proxy registered by name
+    assert proxy_for("webp") == "webp" and proxy_for("vvc") == "jpeg"
+    assert PreprocessorConfig(codec="webp").codec == "webp"
+    assert isinstance(make_proxy("webp"), torch.nn.Identity)
 
 
 # -- files and use -------------------------------------------------------------------------------

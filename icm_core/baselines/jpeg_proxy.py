@@ -1,9 +1,11 @@
-"""A differentiable proxy of JPEG (DCT, the standard quantization tables, a rounding proxy and a calibrated bit cost) that a pre-processor trains through."""
+"""Differentiable codec proxies a pre-processor trains through: ``PROXIES`` (codec name ->
+proxy), today JPEG's (DCT, the standard quantization tables, a rounding proxy and a calibrated
+bit cost)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -28,21 +30,17 @@ JPEG_LUMA = np.array([
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]).reshape(8, 8)
 
 
-
 JPEG_CHROMA = np.full((8, 8), 99)
-
-
+JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 
 JPEG_SYMBOL_BITS = {"block": 3.05, "ac": 4.05}
-
-
+"""Average Huffman code bits per 8x8 block (its DC-difference symbol and end-of-block code) and
+per (run, size) symbol of a nonzero AC coefficient in Pillow's optimized-Huffman JPEG files,
+fitted on synthetic scenes (see ``icm_core.baselines.preprocessor``'s docstring)."""
 
 JPEG_HEADER_BITS = 2392.0
-
-
-
-PROXIES = ("jpeg",)
-
+"""The fit's intercept: markers, quantization and Huffman tables (~300 bytes). Constant, so the
+proxy's ``bits`` leave it out; :func:`proxy_agreement` adds it to compare with file sizes."""
 
 
 def jpeg_table(quality: int, chroma: bool = False) -> np.ndarray:
@@ -54,7 +52,6 @@ def jpeg_table(quality: int, chroma: bool = False) -> np.ndarray:
     return np.clip((base * scale + 50) // 100, 1, 255)
 
 
-
 def _dct_matrix() -> torch.Tensor:
     n = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * n[None, :] + 1) * n[:, None] * math.pi / 16) * math.sqrt(2 / 8)
@@ -62,11 +59,9 @@ def _dct_matrix() -> torch.Tensor:
     return d.float()
 
 
-
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     """Rounded values forward, identity gradient backward."""
     return x + (torch.round(x) - x).detach()
-
 
 
 def _size_category(v: torch.Tensor) -> torch.Tensor:
@@ -75,12 +70,10 @@ def _size_category(v: torch.Tensor) -> torch.Tensor:
     return torch.where(a < 0.5, torch.zeros_like(a), torch.floor(torch.log2(a.clamp(min=1))) + 1)
 
 
-
 def _soft_cost(v: torch.Tensor, symbol_bits: float) -> torch.Tensor:
     """Smooth stand-in of ``symbol_bits + size(v)`` for v != 0 and 0 for v = 0."""
     a = v.abs()
     return (symbol_bits + 1) * a.clamp(max=1) + torch.log2(a.clamp(min=1))
-
 
 
 def _hard_soft(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -88,11 +81,9 @@ def _hard_soft(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return hard.detach() + soft - soft.detach()
 
 
-
 class ProxyOutput(NamedTuple):
     image: torch.Tensor  # (B, 3, H, W) in [0, 1]: what the decoder would show
     bits: torch.Tensor   # (B,) estimated bits of the entropy-coded data (headers excluded)
-
 
 
 class JPEGProxy(nn.Module):
@@ -161,13 +152,30 @@ class JPEGProxy(nn.Module):
         return ProxyOutput((rgb.clamp(0, 255) / 255)[..., :H, :W], bits)
 
 
+PROXIES: dict[str, Callable[[], nn.Module]] = {"jpeg": JPEGProxy}
+"""Codec name -> constructor of its differentiable proxy; a pre-processor can be trained for
+exactly these codecs (``PreprocessorConfig.codec``), every other codec gets the one trained
+through ``FALLBACK_PROXY``. A proxy is an ``nn.Module`` whose ``forward(image, quality)`` takes
+(B, 3, H, W) images in [0, 1] and one integer quality of ``PreprocessorConfig.qualities`` and
+returns a ``ProxyOutput``: what the decoder would show, and the bits of each image, both
+differentiable with respect to ``image``. To add one: ``PROXIES["webp"] = WebPProxy``."""
+
+FALLBACK_PROXY = "jpeg"
+"""The proxy whose pre-processor a codec without its own proxy is given."""
+
 
 def make_proxy(codec: str) -> nn.Module:
+    """A new proxy of ``codec`` (a name of ``PROXIES``)."""
     if codec not in PROXIES:
         raise ConfigError(f"preprocessor codec={codec!r} has no differentiable proxy; "
                           f"use one of {list(PROXIES)}")
-    return JPEGProxy()
+    return PROXIES[codec]()
 
+
+def proxy_for(codec: str) -> str:
+    """The proxy a pre-processor in front of ``codec`` is trained through: its own when it has
+    one, else ``FALLBACK_PROXY``."""
+    return codec if codec in PROXIES else FALLBACK_PROXY
 
 
 # -- how well the proxy tracks the real codec --------------------------------------------------

@@ -21,6 +21,10 @@ squares to real Pillow JPEG sizes of synthetic training scenes (64 to 256 px, qu
 value is this exact count on the rounded coefficients; its gradient comes from a smooth
 relaxation (each coefficient costs ``(h + 1) min(|q|, 1) + log2 max(|q|, 1)``), so shrinking a
 small coefficient towards zero is rewarded by the bits its symbol would cost.
+
+One pre-processor is trained per codec that has a proxy (``jpeg_proxy.PROXIES``, today JPEG
+only: ``PreprocessorConfig.codec``); ``icm compare`` puts the JPEG-trained one in front of every
+other codec and records so (``jpeg_proxy.proxy_for``).
 """
 
 from __future__ import annotations
@@ -39,20 +43,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from icm_core.baselines.jpeg_proxy import JPEG_CHROMA, PROXIES, make_proxy
+from icm_core.baselines.jpeg_proxy import PROXIES, make_proxy
 from icm_core.data.images import pil_to_tensor
 from icm_core.errors import ConfigError, DatasetError
 from icm_core.files import atomic_path
 from icm_core.tasks.objective import task_loss
-
-JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
-
-"""Average Huffman code bits per 8x8 block (its DC-difference symbol and end-of-block code) and
-per (run, size) symbol of a nonzero AC coefficient in Pillow's optimized-Huffman JPEG files,
-fitted on synthetic scenes (see the module docstring)."""
-
-"""The fit's intercept: markers, quantization and Huffman tables (~300 bytes). Constant, so the
-proxy's ``bits`` leave it out; :func:`proxy_agreement` adds it to compare with file sizes."""
 
 FORMAT = "icm-preprocessor/1"
 
@@ -66,7 +61,7 @@ def _is_int(v) -> bool:
 class PreprocessorConfig:
     """How a pre-processor is built and trained (stored with its weights)."""
 
-    codec: str = "jpeg"  # the codec the differentiable proxy imitates
+    codec: str = "jpeg"  # the codec whose differentiable proxy it trains through (PROXIES)
     lmbda: float = 0.05  # weight of the proxy rate (bpp) against the task loss
     qualities: tuple[int, ...] = (10, 20, 30, 50, 70)  # proxy qualities, one drawn per step
     steps: int = 300

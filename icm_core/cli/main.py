@@ -289,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--ladder", choices=("small", "full"), default="small",
                      help="small: each codec's registered small ladder (4-5 qualities); full: "
                      "every quality of its ladder")
-    cmp.add_argument("--preprocessor", default="none", help="none, train (one per task against "
-                     "its frozen baseline, saved in --out) or a saved pre-processor file/folder")
+    cmp.add_argument("--preprocessor", default="none", help="none, train (per task, against its "
+                     "frozen baseline, one per codec with a differentiable proxy, the JPEG one "
+                     "for the others; saved in --out) or a saved pre-processor file/folder")
     cmp.add_argument("--images", type=int, default=16, help="how many held-out images")
     cmp.add_argument("--split", choices=("test", "val"), default="test", help="test: report on "
                      "scenes nothing chose anything on; val: make choices (lambdas, thresholds)")

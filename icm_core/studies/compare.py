@@ -38,7 +38,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ from icm_core.baselines.classical import (
     get_codec,
     scaled_size,
 )
+from icm_core.baselines.jpeg_proxy import FALLBACK_PROXY, PROXIES, proxy_for
 from icm_core.codec import coder
 from icm_core.data.held_out import HeldOut
 from icm_core.data.registry import make_dataset
@@ -188,37 +189,89 @@ def _pipeline(codec: str, scale: float, prefix: str = "") -> str:
     return f"{prefix}{codec}" if scale == 1.0 else f"{prefix}{codec}@{scale:g}"
 
 
-def _preprocessors(mode: str, baselines: dict, out: Path, cfg, log) -> dict:
-    """{task: pre-processor} trained against each frozen baseline, or loaded from a path."""
+def _pp_file(folder: Path, task: str, proxy: str) -> Path:
+    return folder / f"preproc-{task}-{proxy}.safetensors"
+
+
+def _folder_preprocessors(folder: Path, baselines: dict, codecs: Sequence[str], log) -> dict:
+    """{task: {codec: pre-processor}} from a folder ``train`` wrote: each codec's own
+    ``preproc-<task>-<codec>.safetensors`` where it has a proxy and the file is there, else the
+    JPEG one (``preproc-<task>-jpeg.safetensors``, or the older ``preproc-<task>.safetensors``)."""
+    loaded: dict[Path, pre.PreProcessor] = {}
+
+    def load(f: Path):
+        if f not in loaded:
+            loaded[f] = pre.load_preprocessor(f)
+        return loaded[f]
+
+    result = {}
+    for task in baselines:
+        fallback = [_pp_file(folder, task, FALLBACK_PROXY), folder / f"preproc-{task}.safetensors"]
+        result[task] = {}
+        for codec in codecs:
+            own = _pp_file(folder, task, codec)
+            if codec in PROXIES and own.is_file():
+                result[task][codec] = load(own)
+                continue
+            f = next((f for f in fallback if f.is_file()), None)
+            if f is None:
+                raise ConfigError(f"--preprocessor {folder}: no {fallback[0].name} (nor "
+                                  f"{fallback[1].name}) for the {codec} pipeline of {task}; give "
+                                  "a file, or a folder icm compare --preprocessor train wrote")
+            if codec in PROXIES and codec != FALLBACK_PROXY:
+                log(f"{task}: --preprocessor {folder} has no {own.name}: {codec} gets the "
+                    f"{FALLBACK_PROXY.upper()}-trained pre-processor")
+            result[task][codec] = load(f)
+    return result
+
+
+def _preprocessors(mode: str, baselines: dict, codecs: Sequence[str], out: Path, cfg,
+                   log) -> dict:
+    """{task: {codec: pre-processor}}: for each codec with a differentiable proxy
+    (``PROXIES``) one trained through that proxy against the task's frozen baseline, for every
+    other codec the ``FALLBACK_PROXY`` (JPEG) one (said in ``log``; each pipeline's results
+    record the proxy: ``preprocessor_proxy``). Each (task, proxy) is trained once and saved as
+    ``out/preproc-<task>-<proxy>.safetensors``. ``mode`` may instead be a folder of such files
+    (``_folder_preprocessors``) or one file, used for every task and codec."""
     if mode == "none":
         return {}
     if mode != "train":
         path = Path(mode)
         if path.is_dir():
-            found = {t: path / f"preproc-{t}.safetensors" for t in baselines}
-            missing = [t for t, f in found.items() if not f.is_file()]
-            if missing:
-                raise ConfigError(f"--preprocessor {path}: no preproc-<task>.safetensors for "
-                                  f"{missing}; give a file, or a folder icm compare wrote")
-            return {t: pre.load_preprocessor(f) for t, f in found.items()}
+            return _folder_preprocessors(path, baselines, codecs, log)
         if not path.is_file():
             raise ConfigError(f"--preprocessor {str(path)!r}: no such file; give none, train or "
                               "a file written by save_preprocessor")
         pp = pre.load_preprocessor(path)
-        return {t: pp for t in baselines}
+        others = [c for c in codecs if c != pp.cfg.codec]
+        if others:
+            log(f"--preprocessor {path} was trained through the {pp.cfg.codec} proxy; it is used "
+                f"for {', '.join(others)} too")
+        return {t: {c: pp for c in codecs} for t in baselines}
+    base_cfg = cfg or pre.PreprocessorConfig()
+    proxies = list(dict.fromkeys(proxy_for(c) for c in codecs))
+    borrowed = [c for c in codecs if proxy_for(c) != c]
     result = {}
     for task, (model, _) in baselines.items():
-        log(f"{task}: training the pre-processor against the frozen baseline")
         train_set = make_dataset(model.cfg.data, "train", [task])
-        pcfg = cfg or pre.PreprocessorConfig()
+        trained = {}
+        for proxy in proxies:
+            log(f"{task}: training the pre-processor through the {proxy} proxy against the "
+                "frozen baseline")
+            pcfg = replace(base_cfg, codec=proxy)
 
-        def report(v: dict, task=task, steps=pcfg.steps) -> None:
-            if v["step"] % 50 == 0 or v["step"] == steps:
-                log(f"  {task} pre-processor step {v['step']}/{steps}: loss {v['loss']:.4f}, "
-                    f"task loss {v['task_loss']:.4f}, proxy bpp {v['bpp']:.4f} (q{v['quality']})")
-        pp = pre.train_preprocessor(model, task, train_set, pcfg, log=report)
-        pre.save_preprocessor(pp, out / f"preproc-{task}.safetensors")
-        result[task] = pp
+            def report(v: dict, task=task, steps=pcfg.steps, proxy=proxy) -> None:
+                if v["step"] % 50 == 0 or v["step"] == steps:
+                    log(f"  {task} {proxy} pre-processor step {v['step']}/{steps}: loss "
+                        f"{v['loss']:.4f}, task loss {v['task_loss']:.4f}, proxy bpp "
+                        f"{v['bpp']:.4f} (q{v['quality']})")
+            trained[proxy] = pre.train_preprocessor(model, task, train_set, pcfg, log=report)
+            pre.save_preprocessor(trained[proxy], _pp_file(out, task, proxy))
+        if borrowed:
+            log(f"{task}: no differentiable proxy for {', '.join(borrowed)}: "
+                f"{'they get' if len(borrowed) > 1 else 'it gets'} the "
+                f"{FALLBACK_PROXY.upper()}-trained pre-processor")
+        result[task] = {c: trained[proxy_for(c)] for c in codecs}
     return result
 
 
@@ -271,21 +324,46 @@ def _codec_point(codec: str, quality: int, scale: float, coded) -> dict:
     return point
 
 
+def _pp_words(codec: str, pp) -> str:
+    """How a pipeline's description names its pre-processor (none: "")."""
+    if pp is None:
+        return ""
+    proxy = pp.cfg.codec
+    words = f" after the {proxy.upper()}-trained pre-processor"
+    if proxy == codec:
+        return words
+    why = (f"{codec} has no differentiable proxy" if codec not in PROXIES else
+           f"no {codec}-trained one was given")
+    return f"{words} (trained through the {proxy} proxy: {why})"
+
+
+def _pp_log(codec: str, pps: dict) -> str:
+    proxies = sorted({by_codec[codec].cfg.codec for by_codec in pps.values()})
+    if not proxies:
+        return ""
+    return (f" (and pre-processed by the {'/'.join(p.upper() for p in proxies)}-trained "
+            "pre-processor)")
+
+
 def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds: HeldOut,
                      refs: dict, targets: dict, where: str, flops: bool, log, options: dict):
     """(task, [Curve], [Complexity]) of every classical and pre-processor pipeline (codec at
     one scale), each point scored by the task's uncompressed baseline."""
     found = []
     base_flops = {t: side_flops(m, t, ds.size) if flops else None for t, (m, _) in base.items()}
-    prepped = {t: _apply_all(pp, ds.images) for t, pp in pps.items()}
-    pp_flops = {t: count_flops(lambda pp=pp: _apply_all(pp, ds.images[:1]))[0] if flops else None
-                for t, pp in pps.items()}
+    # each distinct pre-processor of a task runs once over the images (and is counted once)
+    distinct = {t: {id(pp): pp for pp in by_codec.values()} for t, by_codec in pps.items()}
+    prepped = {t: {k: _apply_all(pp, ds.images) for k, pp in d.items()}
+               for t, d in distinct.items()}
+    pp_flops = {t: {k: count_flops(lambda pp=pp: _apply_all(pp, ds.images[:1]))[0] if flops
+                    else None for k, pp in d.items()} for t, d in distinct.items()}
     for codec in codec_objs:
         qs = _qualities(codec, ladder)
         for s in scales:
-            sources = [("", None, ds.images, [0.0] * len(ds))]
-            sources += [("preproc+", t, *prepped[t]) for t in pps]
-            for prefix, only, imgs, pre_s in sources:
+            sources = [("", None, None, ds.images, [0.0] * len(ds))]
+            sources += [("preproc+", t, pps[t][codec.name], *prepped[t][id(pps[t][codec.name])])
+                        for t in pps]
+            for prefix, only, pp, imgs, pre_s in sources:
                 tasks_here = [t for t in base if only in (None, t)]
                 pts: dict[str, list] = {t: [] for t in tasks_here}
                 enc_all: list[float] = []
@@ -299,22 +377,23 @@ def _pipeline_curves(codec_objs, scales, ladder: str, base: dict, pps: dict, ds:
                         pts[task].append((q, coded, value))
                         dec_all[task] += [a + b for a, b in zip(coded.decode_seconds, net)]
                 name = _pipeline(codec.name, s, prefix)
+                extra = {} if pp is None else {"preprocessor_proxy": pp.cfg.codec}
                 for task in tasks_here:
                     spec = get_task(task)
                     desc = (f"{codec.name} ({codec.chroma}) at scale {s:g}"
-                            f"{' after the pre-processor' if prefix else ''}, decoded images fed "
+                            f"{_pp_words(codec.name, pp)}, decoded images fed "
                             f"to the uncompressed baseline {base[task][1].parent}, {where}")
                     curve = Curve(
                         name, task, spec.metric, spec.higher_is_better,
                         [p[1].bpp for p in pts[task]], [p[2] for p in pts[task]],
                         "preproc" if prefix else "classical", desc, refs[task],
-                        [_codec_point(codec.name, p[0], s, p[1]) for p in pts[task]],
+                        [{**_codec_point(codec.name, p[0], s, p[1]), **extra} for p in pts[task]],
                         bpp_payload=[p[1].bpp_payload for p in pts[task]])
                     found.append((task, [curve], [_pipeline_complexity(
-                        task, name, base[task][0], pps.get(task) if prefix else None, enc_all,
-                        dec_all[task], base_flops[task], pp_flops.get(task))]))
+                        task, name, base[task][0], pp, enc_all, dec_all[task], base_flops[task],
+                        pp_flops[task][id(pp)] if pp is not None else None)]))
             log(f"{codec.name} at scale {s:g}: {len(qs)} qualities x {len(ds)} images coded"
-                f"{' (and pre-processed)' if pps else ''}")
+                f"{_pp_log(codec.name, pps)}")
     return found
 
 
@@ -333,10 +412,13 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
             classical or pre-processor pipeline (said in ``log`` and ``Comparison.skipped``).
         codecs: codec names (default: those of ``DEFAULT_CODECS`` available here).
         ladder: ``small`` (4 qualities per codec) or ``full`` (every quality of the codec).
-        preprocessor: ``none``, ``train`` (one per task against its frozen baseline, saved in
-            ``out``) or the path of a saved pre-processor (used for every task), or a folder
-            of ``preproc-<task>.safetensors`` files (what ``train`` writes).
-        preprocessor_config: ``PreprocessorConfig`` for ``train`` (default: its defaults).
+        preprocessor: ``none``, ``train`` (per task, against its frozen baseline, one per codec
+            with a differentiable proxy, through that proxy; every other codec gets the
+            JPEG-trained one, and its results say so; saved in ``out`` as
+            ``preproc-<task>-<proxy>.safetensors``) or the path of a saved pre-processor (used
+            for every task and codec), or a folder of the files ``train`` writes.
+        preprocessor_config: ``PreprocessorConfig`` for ``train`` (default: its defaults; its
+            ``codec`` is set to each proxy trained through).
         images, size: the first ``images`` held-out images of ``split``, ``size`` x ``size``
             pixels (synthetic scenes are rendered at that size; photos are fitted and padded).
         split: ``test`` (report on it: nothing chose anything on it) or ``val`` (make choices
@@ -390,7 +472,8 @@ def compare(runs: Sequence[str | Path], baselines: Sequence[str | Path] = (), *,
     ds = HeldOut(images, size, tasks, split=split, seed=seed, data=data)
     where = ds.describe()
     log(f"held-out images: {where}")
-    pps = _preprocessors(preprocessor, base, out, preprocessor_config, log)
+    pps = _preprocessors(preprocessor, base, [c.name for c in codec_objs], out,
+                         preprocessor_config, log)
 
     curves: dict[str, list[Curve]] = {t: [] for t in tasks}
     cplx: list[Complexity] = []
