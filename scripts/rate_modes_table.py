@@ -7,11 +7,12 @@ scripts/docs_tables.py puts on the README and the measurements page:
 - ``summary/rate_modes.json``: variable rate against per-lambda models (BD-rate, task-file
   parameters, encode and decode time, training seconds).
 
-    python scripts/rate_modes_table.py benchmarks/results/rate_modes_test.json
+    python scripts/rate_modes_table.py --goal GOAL.json [...] --modes MODES.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ def _at(vs: dict, mode: str, rate: str) -> dict:
 
 def _source(doc: dict) -> str:
     prov = doc["provenance"]
-    return f"{prov['command']} (commit {prov['commit'][:10]})"
+    commands = doc.get("commands") or [prov["command"]]
+    return "; ".join(commands) + f" (commit {prov['commit'][:10]})"
 
 
 def goal_table(doc: dict) -> dict:
@@ -80,13 +82,27 @@ def modes_table(doc: dict) -> dict:
             "rows": rows}
 
 
+def merged(paths: list[Path]) -> dict:
+    """Several results of one protocol run on different tasks (e.g. in two processes) as one:
+    their summaries joined, the first one's provenance and arguments (each run's own command
+    is kept under ``commands``)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    out = dict(docs[0])
+    out["summary"] = {t: r for d in docs for t, r in d["summary"].items()}
+    out["commands"] = [d["provenance"]["command"] for d in docs]
+    return out
+
+
 def main(argv: list[str]) -> int:
-    """``rate_modes_table.py [GOAL_JSON [MODES_JSON]]``: the goal table from the first results
-    file, the mode comparison from the second (default: the first)."""
-    goal = Path(argv[0] if argv else "benchmarks/results/rate_modes_test.json")
-    modes = Path(argv[1]) if len(argv) > 1 else goal
-    for name, doc, make in (("rate_goal", json.loads(goal.read_text()), goal_table),
-                            ("rate_modes", json.loads(modes.read_text()), modes_table)):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--goal", type=Path, nargs="+",
+                   default=[Path("benchmarks/results/rate_modes_test.json")],
+                   help="bench_rate_modes results for the goal table (joined by task)")
+    p.add_argument("--modes", type=Path, nargs="+", default=None,
+                   help="bench_rate_modes results for the mode comparison (default: --goal)")
+    args = p.parse_args(argv)
+    for name, doc, make in (("rate_goal", merged(args.goal), goal_table),
+                            ("rate_modes", merged(args.modes or args.goal), modes_table)):
         table = make(doc)
         out = SUMMARY / f"{name}.json"
         out.write_text(json.dumps({"provenance": doc["provenance"], **table}, indent=1) + "\n")
