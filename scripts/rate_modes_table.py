@@ -21,7 +21,15 @@ SUMMARY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "summ
 
 
 def _bd(entry: dict) -> str:
-    return "n/a" if entry.get("value") is None else f"{entry['value']:+.1f} %"
+    """A BD-rate cell: the number, or n/a with why (the curves cannot be compared)."""
+    if entry.get("value") is not None:
+        return f"{entry['value']:+.1f} %"
+    why = entry.get("reason") or ""
+    for long, short in (("the anchor curve has", "reference has"), ("the test curve has", "curve has"),
+                        (" useful point(s); BD-rate needs 2", " useful point"),
+                        ("the curves share too little of their accuracy range", "shared accuracy range")):
+        why = why.replace(long, short)
+    return f"n/a ({why})" if why else "n/a"
 
 
 def _at(vs: dict, mode: str, rate: str) -> dict:
