@@ -7,11 +7,13 @@ measurements page.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-SUMMARY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "summary"
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 
 
 def _pct(bd: dict) -> str:
@@ -39,9 +41,16 @@ def table(doc: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    for path in map(Path, argv or ["benchmarks/results/compare_test.json"]):
-        out = SUMMARY / path.name
-        out.write_text(json.dumps(table(json.loads(path.read_text())), indent=1) + "\n")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path, nargs="*",
+                   default=[Path("benchmarks/results/compare_test.json")])
+    p.add_argument("--summary-dir", type=Path, default=SUMMARY)
+    args = p.parse_args(argv)
+    for path in args.results:
+        out = args.summary_dir / path.name
+        doc = {**table(json.loads((ROOT / path).read_text())),
+               "generated_by": f"python scripts/compare_table.py {path.as_posix()}"}
+        out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 

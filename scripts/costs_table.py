@@ -10,6 +10,7 @@ scripts/gpu_check.sh has run on a GPU and its JSON is committed
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -65,11 +66,17 @@ def table(doc: dict, gpu: dict | None = None) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    src = Path(argv[0]) if argv else RESULTS / "accounting_cpu.json"
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path, nargs="?",
+                   default=Path("benchmarks/results/accounting_cpu.json"))
+    p.add_argument("--summary-dir", type=Path, default=RESULTS / "summary")
+    args = p.parse_args(argv)
     gpu_path = RESULTS / "gpu_check.json"
     gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
-    out = RESULTS / "summary" / "costs_paper.json"
-    out.write_text(json.dumps(table(json.loads(src.read_text()), gpu), indent=1) + "\n")
+    out = args.summary_dir / "costs_paper.json"
+    doc = {**table(json.loads((ROOT / args.results).read_text()), gpu),
+           "generated_by": f"python scripts/costs_table.py {args.results.as_posix()}"}
+    out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-SUMMARY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "summary"
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 
 
 def _bd(entry: dict) -> str:
@@ -94,7 +95,7 @@ def merged(paths: list[Path]) -> dict:
     """Several results of one protocol run on different tasks (e.g. in two processes) as one:
     their summaries joined, the first one's provenance and arguments (each run's own command
     is kept under ``commands``)."""
-    docs = [json.loads(p.read_text()) for p in paths]
+    docs = [json.loads((ROOT / p).read_text()) for p in paths]
     out = dict(docs[0])
     out["summary"] = {t: r for d in docs for t, r in d["summary"].items()}
     out["commands"] = [d["provenance"]["command"] for d in docs]
@@ -108,12 +109,17 @@ def main(argv: list[str]) -> int:
                    help="bench_rate_modes results for the goal table (joined by task)")
     p.add_argument("--modes", type=Path, nargs="+", default=None,
                    help="bench_rate_modes results for the mode comparison (default: --goal)")
+    p.add_argument("--summary-dir", type=Path, default=SUMMARY)
     args = p.parse_args(argv)
+    command = ("python scripts/rate_modes_table.py --goal "
+               + " ".join(g.as_posix() for g in args.goal)
+               + (" --modes " + " ".join(m.as_posix() for m in args.modes) if args.modes else ""))
     for name, doc, make in (("rate_goal", merged(args.goal), goal_table),
                             ("rate_modes", merged(args.modes or args.goal), modes_table)):
         table = make(doc)
-        out = SUMMARY / f"{name}.json"
-        out.write_text(json.dumps({"provenance": doc["provenance"], **table}, indent=1) + "\n")
+        out = args.summary_dir / f"{name}.json"
+        out.write_text(json.dumps({"provenance": doc["provenance"], **table,
+                                   "generated_by": command}, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 

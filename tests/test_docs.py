@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,27 @@ def test_readme_tables_come_from_the_committed_json():
     assert tables.fill(page, tables.SUMMARY) == page, \
         "README.md is stale: run python scripts/docs_tables.py"
     assert "not available" not in page.lower()
+
+
+def test_generated_summaries_are_what_their_script_makes_of_the_committed_results(tmp_path):
+    """Every summary a script made from a committed results JSON (``generated_by``) is
+    regenerated from that JSON into a temporary folder and must be the committed file."""
+    made = []
+    for path in sorted(tables.SUMMARY.glob("*.json")):
+        command = json.loads(path.read_text()).get("generated_by")
+        if not command:
+            continue  # transcribed summaries (say so in their title) have no generator
+        words = shlex.split(command)
+        assert words[:2] == ["python", words[1]] and words[1].startswith("scripts/"), command
+        script = _script(Path(words[1]).stem)
+        out = tmp_path / Path(words[1]).stem
+        out.mkdir(exist_ok=True)
+        assert script.main([*words[2:], "--summary-dir", str(out)]) == 0
+        assert (out / path.name).read_text() == path.read_text(), \
+            f"{path.name} is stale: run {command}"
+        made.append(path.name)
+    assert {"compare_test.json", "costs_paper.json", "rate_goal.json",
+            "rate_modes.json"} <= set(made)
 
 
 def test_numbers_are_formatted_per_column_and_the_best_is_bold():
