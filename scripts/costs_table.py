@@ -65,6 +65,37 @@ def table(doc: dict, gpu: dict | None = None) -> dict:
             "rows": rows}
 
 
+def ratio_table(doc: dict) -> dict:
+    """The tiny preset's side-by-side ratios (one process, same batch and size)."""
+    tc = doc["tiny_compare"]
+    cols = ("trainable_params", "adapter_bytes", "optimizer_state_bytes", "flops",
+            "train_step_seconds", "peak_memory_bytes")
+    rows = []
+    for key, r in tc["ratios"].items():
+        kind = key.split("_over_")[0]
+        if kind != "dora":
+            rows.append([f"{tc['adapters'][kind]['label']} / DoRA", *[r.get(c) for c in cols],
+                         None])
+    dec, inf = tc["decoder"], tc["inference"]
+    none = [None] * 3
+    rows += [["Full Dec / low-complexity decoder", *none, dec["full_over_low_flops"], None, None,
+              dec["full_over_low_seconds"]],
+             ["adapters merged / unmerged (inference)", *none, None, None, None,
+              inf["merged_over_unmerged"]],
+             ["DoRA norm cached / recomputed (inference)", *none, None, None, None,
+              inf["cached_over_recomputed"]],
+             ["bf16 / fp32", *none, None, None, None, inf["precision"].split(":")[0]]]
+    size = "x".join(map(str, tc["size"]))
+    return {"title": f"Side by side in one process (tiny preset, {size}, batch "
+                     f"{tc['batch_size']}, CPU): ratios",
+            "source": f"{doc['command']} (commit {doc['machine']['git_commit'][:10]})",
+            "columns": [{"name": "comparison"},
+                        *[{"name": n, "format": ".2f"} for n in (
+                            "trainable params", "task file", "Adam state", "FLOPs",
+                            "train step time", "step peak memory", "time per image")]],
+            "rows": rows}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, nargs="?",
@@ -73,11 +104,12 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     gpu_path = RESULTS / "gpu_check.json"
     gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
-    out = args.summary_dir / "costs_paper.json"
-    doc = {**table(json.loads((ROOT / args.results).read_text()), gpu),
-           "generated_by": f"python scripts/costs_table.py {args.results.as_posix()}"}
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {out}")
+    src = json.loads((ROOT / args.results).read_text())
+    command = f"python scripts/costs_table.py {args.results.as_posix()}"
+    for name, doc in (("costs_paper", table(src, gpu)), ("costs_ratios", ratio_table(src))):
+        out = args.summary_dir / f"{name}.json"
+        out.write_text(json.dumps({**doc, "generated_by": command}, indent=1) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
