@@ -261,3 +261,20 @@ def test_missing_screenshots_become_notes_and_present_ones_stay(tmp_path):
     assert '!!! note "Screenshot to come: Setup tab"' in out
     assert "`docs/img/workbench-setup.png`" in out
     assert "text ![x](y.png)" in out  # only whole-line img/ screenshots are handled
+
+
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<path>[^)\s]+\.(?:png|jpe?g|gif|svg))\)")
+
+
+def test_every_image_a_page_shows_is_committed():
+    """Each image a docs page (or the README) shows is a file in docs/img: no page falls back
+    to a 'Screenshot to come' note (scripts/ui_check.py --docs takes them)."""
+    pages = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+    shown = [(page, m["path"]) for page in pages
+             for m in IMAGE.finditer(page.read_text(encoding="utf-8"))]
+    assert len(shown) >= 11
+    missing = [f"{page.relative_to(ROOT)}: {path}" for page, path in shown
+               if not (page.parent / path).resolve().is_file()]
+    assert not missing, "missing images (scripts/ui_check.py --docs):\n" + "\n".join(missing)
+    img = (ROOT / "docs" / "img").resolve()
+    assert all((page.parent / path).resolve().parent == img for page, path in shown)
