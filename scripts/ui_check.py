@@ -48,6 +48,7 @@ VIEWPORT = {"width": 1280, "height": 800}  # docs-sized: the PNGs stay small and
 RUN_STARTS_S = 300  # notebook 01: its first run is training (the Stop button shows)
 RUNS_FINISH_S = 1800  # --docs: notebook 01's three runs end and Rate-accuracy opens
 CELLS_RUN_S = 1200  # notebook 03: every cell ran (training included)
+STALL_S = 60  # notebook 03: the kernel idle this long with cells not run: stopped at an error
 GRID_S = 1800  # --docs: the Ablation tab's default grid (4 runs) trains and is drawn
 DEMO_S = 1800  # --docs: icm demo writes report.html
 DOCS_IMG = ROOT / "docs" / "img"
@@ -142,11 +143,17 @@ def _hide_left_sidebar(page) -> None:
 
 
 def _quick_copy(src: Path, dst: Path) -> None:
-    """Copy a notebook with ``QUICK = True`` in its ``parameters`` cell (what CI runs)."""
+    """Copy a notebook with ``QUICK = True`` in its ``parameters`` cell (what CI runs); the
+    cell's other parameters (notebook 03's ``PHOTO``) stay."""
     nb = json.loads(src.read_text())
+    done = 0
     for cell in nb["cells"]:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            cell["source"] = "QUICK = True\n"
+            source = "".join(cell["source"])
+            cell["source"], n = re.subn(r"^QUICK\s*=.*$", "QUICK = True", source, flags=re.M)
+            done += n
+    if not done:
+        raise ValueError(f"{src.name}: no 'QUICK = ...' line in a cell tagged 'parameters'")
     dst.write_text(json.dumps(nb))
 
 
@@ -166,12 +173,22 @@ def _open_and_run_all(page, port: int, token: str, notebook: str) -> None:
 
 
 def _wait_all_cells_ran(page, timeout_s: float) -> None:
-    """Until every code cell shows an execution count: the kernel goes idle between cells."""
-    end = time.time() + timeout_s
+    """Until every code cell shows an execution count: the kernel goes idle between cells. A
+    kernel idle for ``STALL_S`` with cells not run means Run All stopped at an error: raised."""
+    end, idle_since = time.time() + timeout_s, None
     while time.time() < end:
         prompts = _contents(page, ".jp-CodeCell .jp-InputArea-prompt")
-        if prompts and all(any(c.isdigit() for c in p) and "*" not in p for p in prompts):
+        ran = [any(c.isdigit() for c in p) and "*" not in p for p in prompts]
+        if prompts and all(ran):
             return
+        idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+        idle_since = (idle_since or time.time()) if idle else None
+        if idle_since is not None and time.time() - idle_since > STALL_S:
+            said = [t for t in _contents(page, ".jp-OutputArea-output[data-mime-type="
+                                         "'application/vnd.jupyter.stderr']") if "Error" in t]
+            why = said[-1].strip().splitlines()[-1] if said else "no error shown"
+            raise RuntimeError(f"the notebook stopped before code cell {ran.index(False) + 1} "
+                               f"of {len(ran)}: {why}")
         page.wait_for_timeout(1000)
     raise TimeoutError(f"the notebook's cells did not all run within {timeout_s:.0f} s")
 

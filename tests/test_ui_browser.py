@@ -27,6 +27,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.timeout(2500)  # above the subprocess's limit, itself above the script's own limits
 def test_workbench_updates_live_and_stops_in_jupyterlab(tmp_path):
     out = tmp_path / "shots"
     # above the script's own limits (its *_S constants, sized for a busy shared CPU)
