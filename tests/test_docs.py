@@ -352,3 +352,20 @@ def test_math_to_mathml_converts_leaves_code_and_warns_on_what_does_not_convert(
     assert '<math alttext="a^2" xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in out
     assert 'display="inline"><mrow><mi>b</mi></mrow></math>' in out
     assert "<code>echo $HOME $PATH</code>" in out
+
+
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<path>[^)\s]+\.(?:png|jpe?g|gif|svg))\)")
+
+
+def test_every_image_a_page_shows_is_committed():
+    """Each image a docs page (or the README) shows is a file in docs/img: no page falls back
+    to a 'Screenshot to come' note (scripts/ui_check.py --docs takes them)."""
+    pages = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+    shown = [(page, m["path"]) for page in pages
+             for m in IMAGE.finditer(page.read_text(encoding="utf-8"))]
+    assert len(shown) >= 11
+    missing = [f"{page.relative_to(ROOT)}: {path}" for page, path in shown
+               if not (page.parent / path).resolve().is_file()]
+    assert not missing, "missing images (scripts/ui_check.py --docs):\n" + "\n".join(missing)
+    img = (ROOT / "docs" / "img").resolve()
+    assert all((page.parent / path).resolve().parent == img for page, path in shown)
