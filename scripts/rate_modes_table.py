@@ -110,12 +110,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--modes", type=Path, nargs="+", default=None,
                    help="bench_rate_modes results for the mode comparison (default: --goal)")
     p.add_argument("--summary-dir", type=Path, default=SUMMARY)
+    p.add_argument("--name", default="rate", help="summaries <name>_goal.json, <name>_modes.json")
     args = p.parse_args(argv)
     command = ("python scripts/rate_modes_table.py --goal "
                + " ".join(g.as_posix() for g in args.goal)
-               + (" --modes " + " ".join(m.as_posix() for m in args.modes) if args.modes else ""))
-    for name, doc, make in (("rate_goal", merged(args.goal), goal_table),
-                            ("rate_modes", merged(args.modes or args.goal), modes_table)):
+               + (" --modes " + " ".join(m.as_posix() for m in args.modes) if args.modes else "")
+               + ("" if args.name == "rate" else f" --name {args.name}"))
+    for name, doc, make in ((f"{args.name}_goal", merged(args.goal), goal_table),
+                            (f"{args.name}_modes", merged(args.modes or args.goal), modes_table)):
         table = make(doc)
         out = args.summary_dir / f"{name}.json"
         out.write_text(json.dumps({"provenance": doc["provenance"], **table,

@@ -77,21 +77,3 @@ def test_icm_demo_defaults_are_the_demo_modules():
     assert args.steps is None and not args.per_lambda  # run_demo: DEFAULT_VR_STEPS, one model
     assert demo.DEFAULT_VR_STEPS == 3 * demo.DEFAULT_STEPS  # the per-lambda curve's steps
     assert args.lambdas is None and args.task == "depth"  # run_demo picks the task's ladder
-
-
-def test_ladders_are_the_ones_chosen_on_validation_scenes():
-    """TASK_LAMBDAS and TASK_RATE_LAMBDAS are the choice bench_choose_ladders.py recorded, and
-    that choice was made on validation scenes."""
-    import json
-    from pathlib import Path
-
-    from icm_core.studies import demo
-
-    doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-                      / "ladders_val.json").read_text())
-    assert doc["args"]["split"] == "val" and " val scenes" in doc["held_out"]
-    assert set(doc["summary"]) == set(demo.TASK_LAMBDAS) == set(demo.TASK_RATE_LAMBDAS)
-    for task, row in doc["summary"].items():
-        assert demo.TASK_LAMBDAS[task] == tuple(row["choice"]["ladder"]), task
-        assert demo.TASK_RATE_LAMBDAS[task] == tuple(row["choice"]["anchors"]), task
-

@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "human_parts or saliency (default: semseg)")
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,
                       help="the variable-rate model's anchors (default: the task's "
-                      "icm_core.studies.demo.TASK_RATE_LAMBDAS; semseg 0.0156 0.0624 0.25 1), or with "
-                      "--per-lambda the ladder (TASK_LAMBDAS; semseg 0.0156 0.125 1)")
+                      "icm_core.studies.demo.TASK_RATE_LAMBDAS; semseg 0.0625 0.25 1 4), or with "
+                      "--per-lambda the ladder (TASK_LAMBDAS; semseg 0.25 1 4)")
     demo.add_argument("--rate-points", type=int, default=7,
                       help="evenly spaced rates in [0, 1] the curve is drawn at (default 7)")
     demo.add_argument("--per-lambda", action="store_true",
