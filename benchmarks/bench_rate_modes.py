@@ -112,6 +112,9 @@ def main(argv=None) -> dict:
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"which of {', '.join(MODES)} to train and score (per-lambda is the "
                    "reference of the mode comparison and the coding times)")
+    p.add_argument("--set", dest="extra", nargs="*", default=[],
+                   help="overrides for the learned models only (a lever, e.g. data.size=[256,256] "
+                   "to train at the evaluation size); the baseline keeps the quick preset's")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "rate_modes")
     p.add_argument("--summary", type=Path, default=None,
@@ -132,14 +135,16 @@ def main(argv=None) -> dict:
             ladder, anchors = list(default_lambdas(task)), list(default_rate_lambdas(task))
         budget = len(ladder) * args.steps
         anchor_list = "[" + ",".join(repr(float(a)) for a in anchors) + "]"
-        vr_common = ["experiment=quick_vr", f"task={task}", f"model.rate_lambdas={anchor_list}"]
+        vr_common = ["experiment=quick_vr", f"task={task}", f"model.rate_lambdas={anchor_list}",
+                     *args.extra]
         base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
                              f"train.max_steps={budget}"], root, settings=SETTINGS,
                             retrain=args.retrain, log=log)[2]
         trained = {}
         if "per-lambda" in modes:
             trained["per-lambda"] = [train_cached(
-                ["experiment=quick", f"task={task}", f"lmbda={lm}", f"train.max_steps={args.steps}"],
+                ["experiment=quick", f"task={task}", f"lmbda={lm}", f"train.max_steps={args.steps}",
+                 *args.extra],
                 root, settings=SETTINGS, retrain=args.retrain, log=log)[2] for lm in ladder]
         for mode, steps in (("vr-steps", args.steps), ("vr-time", budget)):
             if mode in modes:
