@@ -48,7 +48,7 @@ TASK_LAMBDAS = {
     "saliency": (0.05, 0.1, 0.5),
     "boundary": (0.25, 1.0, 4.0),
 }
-"""The quick preset's lambda ladder per task (``icm demo --task``, the RA benchmarks), chosen
+"""The quick preset's lambda ladder per task (``icm demo --per-lambda``, the RA benchmarks), chosen
 from lambdas measured on held-out scenes at 256 px so that each curve rises in rate and
 accuracy and its lowest point keeps most of the uncompressed metric (README, "Offline
 rate-accuracy"). A task's loss sets the scale: on depth and normals (L1 losses) lambda 1 and 4
@@ -67,8 +67,8 @@ TASK_RATE_LAMBDAS = {
     "saliency": (0.015, 0.05, 0.15, 0.5),
     "boundary": (0.0625, 0.25, 1.0, 4.0),
 }
-"""The anchors of a variable-rate quick model per task (``experiment=quick_vr``, ``icm demo
---variable-rate``): 4 anchors, about geometric, from one step below the task's ``TASK_LAMBDAS``
+"""The anchors of a variable-rate quick model per task (``experiment=quick_vr``, ``icm demo``):
+4 anchors, about geometric, from one step below the task's ``TASK_LAMBDAS``
 ladder (where the classical codecs' envelope lives) to its highest lambda."""
 DEFAULT_LAMBDAS = TASK_LAMBDAS["semseg"]
 DEFAULT_STEPS = 200
