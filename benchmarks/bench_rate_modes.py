@@ -162,8 +162,9 @@ def main(argv=None) -> dict:
                      scales=[float(s) for s in args.scales.split(",")], preprocessor="none",
                      images=args.images, size=args.size, out=args.out, split=args.split,
                      seed=args.seed, log=log)
-    names = {"per-lambda": "learned-quick", "vr-steps": "learned-vr-steps",
-             "vr-time": "learned-vr-time"}
+    names = ({modes[0]: "learned"} if len(modes) == 1 else  # compare's name for a lone curve
+             {"per-lambda": "learned-quick", "vr-steps": "learned-vr-steps",
+              "vr-time": "learned-vr-time"})
 
     from icm_core.training.checkpoint import load_checkpoint
 
