@@ -259,8 +259,8 @@ MISSING = [m for m in DOCS_TOOLS if importlib.util.find_spec(m) is None]
 needs_docs_tools = pytest.mark.skipif(
     bool(MISSING), reason=f"{MISSING} not installed: pip install -e '.[dev]' brings mkdocs, "
     "mkdocs-material, mkdocs-jupyter, mkdocstrings and latex2mathml")
-MATH_PAGES = ("method/backbone", "method/decoder", "method/training", "teaching/dora",
-              "teaching/entropy-hyperprior", "teaching/rate-lambda",
+MATH_PAGES = ("method/backbone", "method/decoder", "method/entropy", "method/training",
+              "teaching/dora", "teaching/entropy-hyperprior", "teaching/rate-lambda",
               "notebooks/05_dora_explained")
 
 
