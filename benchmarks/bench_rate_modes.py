@@ -115,6 +115,9 @@ def main(argv=None) -> dict:
     p.add_argument("--set", dest="extra", nargs="*", default=[],
                    help="overrides for the learned models only (a lever, e.g. data.size=[256,256] "
                    "to train at the evaluation size); the baseline keeps the quick preset's")
+    p.add_argument("--set-baseline", dest="base_extra", nargs="*", default=[],
+                   help="overrides for the uncompressed baseline (give it the same lever, so "
+                   "the classical pipelines' task network is trained the same way)")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "rate_modes")
     p.add_argument("--summary", type=Path, default=None,
@@ -138,8 +141,8 @@ def main(argv=None) -> dict:
         vr_common = ["experiment=quick_vr", f"task={task}", f"model.rate_lambdas={anchor_list}",
                      *args.extra]
         base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
-                             f"train.max_steps={budget}"], root, settings=SETTINGS,
-                            retrain=args.retrain, log=log)[2]
+                             f"train.max_steps={budget}", *args.base_extra], root,
+                            settings=SETTINGS, retrain=args.retrain, log=log)[2]
         trained = {}
         if "per-lambda" in modes:
             trained["per-lambda"] = [train_cached(
