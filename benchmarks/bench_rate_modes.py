@@ -95,6 +95,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="semseg,depth,normals")
     p.add_argument("--steps", type=int, default=200, help="steps of each per-lambda model")
+    p.add_argument("--budget", type=int, default=None,
+                   help="steps of vr-time and of the baseline (default: len(ladder) * --steps, "
+                   "the per-lambda curve's total), e.g. 800 for issue 22's 800-step goal")
     p.add_argument("--images", type=int, default=16, help="held-out scenes")
     p.add_argument("--size", type=int, default=256, help="evaluation size (square)")
     p.add_argument("--split", choices=("test", "val"), default="test")
@@ -136,7 +139,7 @@ def main(argv=None) -> dict:
             ladder, anchors = chosen[task]["choice"]["ladder"], chosen[task]["choice"]["anchors"]
         else:
             ladder, anchors = list(default_lambdas(task)), list(default_rate_lambdas(task))
-        budget = len(ladder) * args.steps
+        budget = args.budget or len(ladder) * args.steps
         anchor_list = "[" + ",".join(repr(float(a)) for a in anchors) + "]"
         vr_common = ["experiment=quick_vr", f"task={task}", f"model.rate_lambdas={anchor_list}",
                      *args.extra]

@@ -1,0 +1,82 @@
+"""bench_rate_modes.py results, one lever each -> ``summary/rate_levers.json``, the table
+scripts/docs_tables.py puts on the measurements page ("The goal").
+
+A lever is what a run changes against the quick preset, for the learned codec (``--set``) and
+for the uncompressed baseline that feeds the classical pipelines (``--set-baseline``). Each
+row: the lever, the variable-rate curve's BD-rate against the best classical pipeline
+(payload and file rate), its top point, the baseline's uncompressed accuracy and the
+training's seconds.
+
+    python scripts/levers_table.py benchmarks/results/rate_modes_test.json \
+        benchmarks/results/rate_lever_256_test.json ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = ROOT / "benchmarks" / "results" / "summary"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rate_modes_table import _bd  # noqa: E402  (one formatting of a BD-rate cell)
+
+MODE = "vr-time"  # the variable-rate model of the demo's budget
+
+
+def _setting(overrides: list[str]) -> str:
+    return ", ".join(overrides) if overrides else "quick preset"
+
+
+def lever_rows(doc: dict, path: str) -> list[list]:
+    args = doc["args"]
+    rows = []
+    for task, r in doc["summary"].items():
+        if MODE not in r["curves"]:
+            continue
+        curve, vs = r["curves"][MODE], r["vs_best_classical"][MODE]
+        seconds = r["train_seconds"][MODE][0]
+        rows.append([f"{task} {r['metric']}", _setting(args.get("extra") or []),
+                     _setting(args.get("base_extra") or []),
+                     _bd(vs.get("payload", {})), _bd(vs.get("file", {})),
+                     f"{curve['values'][-1]:.4g} at {curve['bpp_payload'][-1]:.3f} bpp",
+                     f"{r['uncompressed']:.4g}",
+                     "cached" if seconds is None else f"{seconds:.0f}",
+                     f"{Path(path).name} ({doc['provenance']['commit'][:10]})"])
+    return rows
+
+
+def levers_table(paths: list[Path]) -> dict:
+    docs = [json.loads((ROOT / p).read_text()) for p in paths]
+    rows = [row for p, d in zip(paths, docs) for row in lever_rows(d, p.as_posix())]
+    held = sorted({d["held_out"] for d in docs})
+    return {"provenance": docs[0]["provenance"],
+            "title": f"Levers on the variable-rate model ({MODE}), {'; '.join(held)}",
+            "source": "; ".join(d["provenance"]["command"] for d in docs),
+            "columns": [{"name": "task"}, {"name": "learned codec trained with"},
+                        {"name": "baseline trained with"},
+                        {"name": "BD-rate vs best classical (payload)"},
+                        {"name": "same, file rate"}, {"name": "top of the curve"},
+                        {"name": "baseline uncompressed"}, {"name": "training s"},
+                        {"name": "results"}],
+            "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path, nargs="+", help="bench_rate_modes.py results")
+    p.add_argument("--summary-dir", type=Path, default=SUMMARY)
+    args = p.parse_args(argv)
+    table = levers_table(args.results)
+    table["generated_by"] = ("python scripts/levers_table.py "
+                             + " ".join(r.as_posix() for r in args.results))
+    out = args.summary_dir / "rate_levers.json"
+    out.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
