@@ -3,7 +3,7 @@ scripts/docs_tables.py puts on the measurements page ("The goal").
 
 A lever is what a run changes against the quick preset, for the learned codec (``--set``) and
 for the uncompressed baseline that feeds the classical pipelines (``--set-baseline``). Each
-row: the lever, the variable-rate curve's BD-rate against the best classical pipeline
+row: the steps, the lever, the variable-rate curve's BD-rate against the best classical pipeline
 (payload and file rate), its top point, the baseline's uncompressed accuracy and the
 training's seconds.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,8 +39,8 @@ def lever_rows(doc: dict, path: str) -> list[list]:
             continue
         curve, vs = r["curves"][MODE], r["vs_best_classical"][MODE]
         seconds = r["train_seconds"][MODE][0]
-        rows.append([f"{task} {r['metric']}", _setting(args.get("extra") or []),
-                     _setting(args.get("base_extra") or []),
+        rows.append([f"{task} {r['metric']}", r["budget_steps"],
+                     _setting(args.get("extra") or []), _setting(args.get("base_extra") or []),
                      _bd(vs.get("payload", {})), _bd(vs.get("file", {})),
                      f"{curve['values'][-1]:.4g} at {curve['bpp_payload'][-1]:.3f} bpp",
                      f"{r['uncompressed']:.4g}",
@@ -48,14 +49,14 @@ def lever_rows(doc: dict, path: str) -> list[list]:
     return rows
 
 
-def levers_table(paths: list[Path]) -> dict:
+def levers_table(paths: list[Path], title: str = "Levers on the variable-rate model") -> dict:
     docs = [json.loads((ROOT / p).read_text()) for p in paths]
     rows = [row for p, d in zip(paths, docs) for row in lever_rows(d, p.as_posix())]
     held = sorted({d["held_out"] for d in docs})
     return {"provenance": docs[0]["provenance"],
-            "title": f"Levers on the variable-rate model ({MODE}), {'; '.join(held)}",
+            "title": f"{title} ({MODE}), {'; '.join(held)}",
             "source": "; ".join(d["provenance"]["command"] for d in docs),
-            "columns": [{"name": "task"}, {"name": "learned codec trained with"},
+            "columns": [{"name": "task"}, {"name": "steps"}, {"name": "learned codec trained with"},
                         {"name": "baseline trained with"},
                         {"name": "BD-rate vs best classical (payload)"},
                         {"name": "same, file rate"}, {"name": "top of the curve"},
@@ -68,11 +69,16 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, nargs="+", help="bench_rate_modes.py results")
     p.add_argument("--summary-dir", type=Path, default=SUMMARY)
+    p.add_argument("--name", default="rate_levers", help="the summary's name")
+    p.add_argument("--title", default="Levers on the variable-rate model")
     args = p.parse_args(argv)
-    table = levers_table(args.results)
+    table = levers_table(args.results, args.title)
     table["generated_by"] = ("python scripts/levers_table.py "
-                             + " ".join(r.as_posix() for r in args.results))
-    out = args.summary_dir / "rate_levers.json"
+                             + " ".join(r.as_posix() for r in args.results)
+                             + ("" if args.name == "rate_levers" else f" --name {args.name}")
+                             + ("" if args.title == "Levers on the variable-rate model"
+                                else f" --title {shlex.quote(args.title)}"))
+    out = args.summary_dir / f"{args.name}.json"
     out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
