@@ -107,6 +107,9 @@ def main(argv=None) -> dict:
                    help="default: every default codec found here (VVC via PATH or ICM_VVENC)")
     p.add_argument("--scales", default="1,0.5,0.25")
     p.add_argument("--rate-points", type=int, default=7, help="rates of a variable-rate curve")
+    p.add_argument("--boundary-thresholds", type=int, default=19,
+                   help="odsF thresholds for boundary, the same for every method (19: a subset "
+                   "of the metric's 99, about 5x faster, as bench_compare_tasks.py)")
     p.add_argument("--timing-images", type=int, default=4)
     p.add_argument("--timing-repeats", type=int, default=3)
     p.add_argument("--ladders", type=Path, default=None,
@@ -167,7 +170,8 @@ def main(argv=None) -> dict:
     result = compare(runs, baselines, codecs=args.codecs.split(","),
                      scales=[float(s) for s in args.scales.split(",")], preprocessor="none",
                      images=args.images, size=args.size, out=args.out, split=args.split,
-                     seed=args.seed, log=log)
+                     seed=args.seed, log=log,
+                     metric_options={"boundary": {"n_thresholds": args.boundary_thresholds}})
     names = ({modes[0]: "learned"} if len(modes) == 1 else  # compare's name for a lone curve
              {"per-lambda": "learned-quick", "vr-steps": "learned-vr-steps",
               "vr-time": "learned-vr-time"})

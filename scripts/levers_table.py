@@ -49,20 +49,28 @@ def lever_rows(doc: dict, path: str) -> list[list]:
     return rows
 
 
-def levers_table(paths: list[Path], title: str = "Levers on the variable-rate model") -> dict:
+SETTINGS = (2, 3)  # the columns "learned codec trained with", "baseline trained with"
+
+
+def levers_table(paths: list[Path], title: str = "Levers on the variable-rate model",
+                 settings: bool = True) -> dict:
+    """``settings=False``: without the two settings columns (every row the quick preset's)."""
     docs = [json.loads((ROOT / p).read_text()) for p in paths]
     rows = [row for p, d in zip(paths, docs) for row in lever_rows(d, p.as_posix())]
+    columns = [{"name": "task"}, {"name": "steps"}, {"name": "learned codec trained with"},
+               {"name": "baseline trained with"}, {"name": "BD-rate vs best classical (payload)"},
+               {"name": "same, file rate"}, {"name": "top of the curve"},
+               {"name": "baseline uncompressed"}, {"name": "training s"}, {"name": "results"}]
+    if not settings:
+        if any(row[i] != "quick preset" for row in rows for i in SETTINGS):
+            raise ValueError("--no-settings: a result was run with overrides; keep the columns")
+        columns = [c for i, c in enumerate(columns) if i not in SETTINGS]
+        rows = [[v for i, v in enumerate(row) if i not in SETTINGS] for row in rows]
     held = sorted({d["held_out"] for d in docs})
     return {"provenance": docs[0]["provenance"],
             "title": f"{title} ({MODE}), {'; '.join(held)}",
             "source": "; ".join(d["provenance"]["command"] for d in docs),
-            "columns": [{"name": "task"}, {"name": "steps"}, {"name": "learned codec trained with"},
-                        {"name": "baseline trained with"},
-                        {"name": "BD-rate vs best classical (payload)"},
-                        {"name": "same, file rate"}, {"name": "top of the curve"},
-                        {"name": "baseline uncompressed"}, {"name": "training s"},
-                        {"name": "results"}],
-            "rows": rows}
+            "columns": columns, "rows": rows}
 
 
 def main(argv: list[str]) -> int:
@@ -71,13 +79,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--summary-dir", type=Path, default=SUMMARY)
     p.add_argument("--name", default="rate_levers", help="the summary's name")
     p.add_argument("--title", default="Levers on the variable-rate model")
+    p.add_argument("--no-settings", action="store_true",
+                   help="leave out the settings columns (every result run on the quick preset)")
     args = p.parse_args(argv)
-    table = levers_table(args.results, args.title)
+    table = levers_table(args.results, args.title, settings=not args.no_settings)
     table["generated_by"] = ("python scripts/levers_table.py "
                              + " ".join(r.as_posix() for r in args.results)
                              + ("" if args.name == "rate_levers" else f" --name {args.name}")
                              + ("" if args.title == "Levers on the variable-rate model"
-                                else f" --title {shlex.quote(args.title)}"))
+                                else f" --title {shlex.quote(args.title)}")
+                             + (" --no-settings" if args.no_settings else ""))
     out = args.summary_dir / f"{args.name}.json"
     out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {out}")
