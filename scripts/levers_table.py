@@ -73,6 +73,39 @@ def levers_table(paths: list[Path], title: str = "Levers on the variable-rate mo
             "columns": columns, "rows": rows}
 
 
+def budgets_table(paths: list[Path], title: str) -> dict:
+    """One row per task, two columns per training budget (payload and file BD-rate against
+    the best classical pipeline), the uncompressed baseline of the largest budget last."""
+    docs = [json.loads((ROOT / p).read_text()) for p in paths]
+    cells: dict[str, dict[int, tuple[str, str]]] = {}
+    top: dict[str, tuple[int, str]] = {}
+    for d in docs:
+        if d["args"].get("extra") or d["args"].get("base_extra"):
+            raise ValueError(f"{d['provenance']['command']}: a lever run; --by-budget compares "
+                             "budgets of the quick preset")
+        for task, r in d["summary"].items():
+            if MODE not in r["curves"]:
+                continue
+            steps, vs = r["budget_steps"], r["vs_best_classical"][MODE]
+            name = f"{task} {r['metric']}"
+            cells.setdefault(name, {})[steps] = (_bd(vs.get("payload", {})),
+                                                 _bd(vs.get("file", {})))
+            if steps >= top.get(name, (0, ""))[0]:
+                top[name] = (steps, f"{r['uncompressed']:.4g}")
+    budgets = sorted({s for c in cells.values() for s in c})
+    columns = [{"name": "task"}]
+    for b in budgets:
+        columns += [{"name": f"{b} steps, payload"}, {"name": f"{b} steps, file"}]
+    columns.append({"name": f"uncompressed ({budgets[-1]} steps)"})
+    rows = [[task, *[v for b in budgets for v in c.get(b, ("not run", "not run"))],
+             top[task][1] if top[task][0] == budgets[-1] else "not run"]
+            for task, c in cells.items()]
+    held = sorted({d["held_out"] for d in docs})
+    return {"provenance": docs[0]["provenance"], "title": f"{title} ({MODE}), {'; '.join(held)}",
+            "source": "; ".join(d["provenance"]["command"] for d in docs),
+            "columns": columns, "rows": rows}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, nargs="+", help="bench_rate_modes.py results")
@@ -81,14 +114,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--title", default="Levers on the variable-rate model")
     p.add_argument("--no-settings", action="store_true",
                    help="leave out the settings columns (every result run on the quick preset)")
+    p.add_argument("--by-budget", action="store_true",
+                   help="one row per task, BD-rates per training budget (quick-preset runs)")
     args = p.parse_args(argv)
-    table = levers_table(args.results, args.title, settings=not args.no_settings)
+    table = (budgets_table(args.results, args.title) if args.by_budget else
+             levers_table(args.results, args.title, settings=not args.no_settings))
     table["generated_by"] = ("python scripts/levers_table.py "
                              + " ".join(r.as_posix() for r in args.results)
                              + ("" if args.name == "rate_levers" else f" --name {args.name}")
                              + ("" if args.title == "Levers on the variable-rate model"
                                 else f" --title {shlex.quote(args.title)}")
-                             + (" --no-settings" if args.no_settings else ""))
+                             + (" --no-settings" if args.no_settings else "")
+                             + (" --by-budget" if args.by_budget else ""))
     out = args.summary_dir / f"{args.name}.json"
     out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {out}")
