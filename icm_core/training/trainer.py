@@ -473,17 +473,18 @@ class Trainer:
 
     def evaluate(self, max_images: int | None = None) -> list[EvalResult]:
         """Every task on the validation split; a variable-rate model at each of its anchors
-        (task by task, lowest rate first)."""
+        (task by task, lowest rate first); with ``train.ema_decay``, the averaged weights."""
         lambdas = self.model.rate_lambdas
         rates = vr.anchor_rates(len(lambdas)) if lambdas else [None]
-        return [evaluate(self.model, self.val_set, t, max_images=max_images, device=self.device,
-                         per_image=False, rate=r) for t in self.tasks for r in rates]
+        with self.averaged():
+            return [evaluate(self.model, self.val_set, t, max_images=max_images,
+                             device=self.device, per_image=False, rate=r)
+                    for t in self.tasks for r in rates]
 
     def _eval_event(self, final: bool = False) -> list[EvalResult]:
         if self.rank != 0:  # evaluation runs on the first process only
             return []
-        with self.averaged():
-            results = self.evaluate(max_images=None if final else 8)
+        results = self.evaluate(max_images=None if final else 8)
         for r in results:
             self._emit(EvalEvent(self.global_step, r.task, r.metric, r.value, r.bpp,
                                  r.bpp_estimated, r.images, r.rate))
