@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from icm_core.errors import ConfigError
+from icm_core.evaluation.evaluate import evaluate
 from icm_core.training.checkpoint import load_checkpoint, resolve_checkpoint_dir
 from icm_core.training.ema import ema_decay_at
 from icm_core.training.trainer import Trainer, lr_factor
@@ -74,9 +75,14 @@ def test_the_checkpoint_holds_the_moving_average_of_the_raw_weights(tmp_path):
         assert torch.equal(p.detach(), raw[n])
 
     trainer.save()
-    loaded = dict(load_checkpoint(tmp_path)[0].named_parameters())
+    model = load_checkpoint(tmp_path)[0]
+    loaded = dict(model.named_parameters())
     for n in params:
         torch.testing.assert_close(loaded[n].detach(), average[n], rtol=1e-5, atol=1e-6)
+    # the trainer's evaluation scores the average too: the checkpoint's numbers
+    ours = trainer.evaluate()[0]
+    theirs = evaluate(model, trainer.val_set, trainer.tasks[0], per_image=False)
+    assert (ours.value, ours.bpp) == pytest.approx((theirs.value, theirs.bpp))
 
 
 def test_a_resumed_ema_run_ends_with_the_weights_of_a_straight_one(tmp_path):
