@@ -259,6 +259,9 @@ class TrainConfig:
                                       "scratch training use train.lr", None)
     weight_decay: float = _help("Adam weight decay", 1e-6)
     poly_power: float = _help("polynomial LR decay power", 0.9)
+    warmup_steps: int = _help("steps of linear learning-rate warm-up before the decay (0: none)", 0)
+    ema_decay: float = _help("decay of an exponential moving average of the trained weights, "
+                             "which evaluation and checkpoints use (0: off; e.g. 0.99)", 0.0)
     eval_every: int = _help("steps between evaluations at real bitstream rates (0: never)", 0)
     checkpoint_every: int = _help("steps between checkpoints (0: only at the end)", 0)
     seed: int = _help("random seed", 0)
@@ -274,6 +277,10 @@ class TrainConfig:
             _positive("train.backbone_lr", self.backbone_lr, " (or null: the same as train.lr)")
         _at_least("train.weight_decay", self.weight_decay, 0)
         _at_least("train.poly_power", self.poly_power, 0, " (0: constant learning rate)")
+        _at_least("train.warmup_steps", self.warmup_steps, 0, " (0: no warm-up)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={self.ema_decay}: give a decay in [0, 1), e.g. "
+                              "0.99 (0: no moving average)")
         _at_least("train.eval_every", self.eval_every, 0, " (0: never)")
         _at_least("train.checkpoint_every", self.checkpoint_every, 0, " (0: only at the end)")
         _at_least("train.seed", self.seed, 0)

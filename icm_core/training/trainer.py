@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -63,6 +64,7 @@ from icm_core.training.checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
+from icm_core.training.ema import ParamEMA
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +184,16 @@ def build_optimizer(model: ICMModel, params, t: TrainConfig,
     return torch.optim.Adam([g for g in groups if g["params"]])
 
 
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """The learning rate of step ``step`` (0-based) over the base rate: a linear warm-up to 1 over
+    ``t.warmup_steps`` steps, times the polynomial decay to 0 at ``t.max_steps``."""
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    return warm * max(0.0, 1 - step / max(t.max_steps, 1)) ** t.poly_power
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
-    """Polynomial decay of every group's learning rate to 0 at ``t.max_steps``."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: max(0.0, 1 - s / max(t.max_steps, 1)) ** t.poly_power)
+    """Every group's learning rate times ``lr_factor`` (warm-up, then polynomial decay)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
 
 
 class StepBatches(Sampler):
@@ -270,6 +278,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.params, cfg.train,
                                          full_finetune=get_adapter_kind(cfg.adapter.mode).fine_tunes_pretrained)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.ema = ParamEMA(self.params, cfg.train.ema_decay) if cfg.train.ema_decay else None
         self._ddp = self._wrap_ddp()
         self.subscribers: list[Callable[[TrainEvent], None]] = []
         if self.rank == 0:
@@ -384,6 +393,8 @@ class Trainer:
             (loss + aux if aux is not None else loss).backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
             alphas = tuple(float(s.alpha.detach()) for s in model.heads[task].decoder.stages
                            if s.alpha is not None)
         mean = distributed.mean_over_processes
@@ -453,17 +464,22 @@ class Trainer:
             return self.history
         self.final_results = self._eval_event(final=True)
         self.save()
+        if self.ema is not None:  # the finished model is what its checkpoint holds: the average
+            with self.model.lock:
+                self.ema.keep_average()
         self._emit(DoneEvent(self.global_step, stopped=False,
                              results=tuple(r.summary() for r in self.final_results)))
         return self.history
 
     def evaluate(self, max_images: int | None = None) -> list[EvalResult]:
         """Every task on the validation split; a variable-rate model at each of its anchors
-        (task by task, lowest rate first)."""
+        (task by task, lowest rate first); with ``train.ema_decay``, the averaged weights."""
         lambdas = self.model.rate_lambdas
         rates = vr.anchor_rates(len(lambdas)) if lambdas else [None]
-        return [evaluate(self.model, self.val_set, t, max_images=max_images, device=self.device,
-                         per_image=False, rate=r) for t in self.tasks for r in rates]
+        with self.averaged():
+            return [evaluate(self.model, self.val_set, t, max_images=max_images,
+                             device=self.device, per_image=False, rate=r)
+                    for t in self.tasks for r in rates]
 
     def _eval_event(self, final: bool = False) -> list[EvalResult]:
         if self.rank != 0:  # evaluation runs on the first process only
@@ -479,9 +495,21 @@ class Trainer:
         """What trainer.pt holds. ``rng``: every process's generator state in rank order
         (default: this process's only)."""
         rng = [self.generator.get_state()] if rng is None else rng
-        return {"step": torch.tensor(self.global_step), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": list(rng),
-                "rng_device": self.generator.device.type}
+        state = {"step": torch.tensor(self.global_step), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": list(rng),
+                 "rng_device": self.generator.device.type}
+        if self.ema is not None:
+            state["ema"] = self.ema.raw_state()
+        return state
+
+    @contextmanager
+    def averaged(self):
+        """The EMA weights in the model for the block (``train.ema_decay``; a no-op without)."""
+        if self.ema is None:
+            yield
+            return
+        with self.model.lock, self.ema.applied():
+            yield
 
     def save(self) -> Path | None:
         """Checkpoint (written by the first process, with the generator state of every one)."""
@@ -489,8 +517,9 @@ class Trainer:
         path = None
         if self.rank == 0:
             with self.model.lock:
-                path = save_checkpoint(self.out_dir, self.model, self.global_step,
-                                       self.trainer_state(rng))
+                state = self.trainer_state(rng)  # the raw weights, before the average is put in
+                with self.averaged():
+                    path = save_checkpoint(self.out_dir, self.model, self.global_step, state)
             self._emit(CheckpointEvent(self.global_step, str(path)))
         distributed.barrier()
         return path
@@ -518,9 +547,19 @@ class Trainer:
         except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
             raise ConfigError(f"{str(ckpt / 'trainer.pt')!r}: optimizer or scheduler state does not "
                               f"fit ({e})") from e
+        if (self.ema is not None) != ("ema" in state):
+            raise ConfigError(f"{str(ckpt / 'trainer.pt')!r} was saved "
+                              f"{'without' if self.ema is not None else 'with'} an EMA of the "
+                              "weights (train.ema_decay): resume with the run's own train.ema_decay")
         with self.model.lock:
             for task, tensors in weights.items():
                 self.model.load_task_state_dict(task, tensors)
+            if self.ema is not None:
+                try:
+                    self.ema.restore(state["ema"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ConfigError(f"{str(ckpt / 'trainer.pt')!r}: its EMA state does not fit "
+                                      f"({e})") from e
         self.global_step = int(state["step"])
         if rng is not None:
             self.generator.set_state(rng)
