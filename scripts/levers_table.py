@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rate_modes_table import _bd  # noqa: E402  (one formatting of a BD-rate cell)
+from rate_modes_table import _bd, _source  # noqa: E402  (one formatting of each)
 
 MODE = "vr-time"  # the variable-rate model of the demo's budget
 
@@ -69,7 +69,7 @@ def levers_table(paths: list[Path], title: str = "Levers on the variable-rate mo
     held = sorted({d["held_out"] for d in docs})
     return {"provenance": docs[0]["provenance"],
             "title": f"{title} ({MODE}), {'; '.join(held)}",
-            "source": "; ".join(d["provenance"]["command"] for d in docs),
+            "source": "; ".join(_source(d) for d in docs),
             "columns": columns, "rows": rows}
 
 
@@ -102,7 +102,7 @@ def budgets_table(paths: list[Path], title: str) -> dict:
             for task, c in cells.items()]
     held = sorted({d["held_out"] for d in docs})
     return {"provenance": docs[0]["provenance"], "title": f"{title} ({MODE}), {'; '.join(held)}",
-            "source": "; ".join(d["provenance"]["command"] for d in docs),
+            "source": "; ".join(_source(d) for d in docs),
             "columns": columns, "rows": rows}
 
 
