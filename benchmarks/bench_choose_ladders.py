@@ -19,6 +19,16 @@ Issue 21 ("every choice is re-made on validation scenes"). Per task, with the qu
    - the per-lambda ladder: 3 lambdas geometric from lowest to highest; the variable-rate
      anchors: 4, geometric, the same span. Rounded to 3 significant digits.
 
+``--rule candidates`` (the second rule): per task, one variable-rate model per candidate set of
+anchors, ``--steps`` each, all scored in ONE ``icm compare`` on the validation scenes; the set
+whose curve has the lowest BD-rate (payload) against the validation envelope is chosen. The
+candidates: ``package`` (``TASK_RATE_LAMBDAS``), ``lower`` (each anchor halved: a curve that
+starts lower, where the envelope starts) and ``wide-rule`` (the first rule's anchors, from
+``--first-rule`` results, when given). Written to ``results/ladders_<split>_candidates.json``;
+its ``choice`` has the chosen ``anchors`` and the package's per-lambda ``ladder`` (not re-chosen:
+the per-lambda mode is the paper's protocol, the variable-rate model the default), so
+``bench_rate_modes.py --ladders`` can report the choice on test scenes.
+
 Writes ``results/ladders_<split>.json`` (commit it): ``icm_core.studies.demo.TASK_LAMBDAS`` and
 ``TASK_RATE_LAMBDAS`` are its ``choice`` (a test checks they agree).
 
@@ -40,7 +50,7 @@ from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS
 from icm_core.files import write_text
 from icm_core.studies.compare import ENVELOPE, compare
-from icm_core.studies.demo import TASK_RATE_LAMBDAS
+from icm_core.studies.demo import TASK_LAMBDAS, TASK_RATE_LAMBDAS
 from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,6 +84,53 @@ def choose(grid, bpp, values, higher_is_better: bool, envelope_lo: float, flat: 
                            f"{best:.4g} (at least {min_span:g}x the lowest)"}
 
 
+def candidate_anchors(task: str, first_rule: dict | None) -> dict[str, list[float]]:
+    """The candidate anchor sets of ``--rule candidates`` for ``task``."""
+    package = [float(a) for a in TASK_RATE_LAMBDAS[task]]
+    out = {"package": package, "lower": [float(f"{a / 2:.3g}") for a in package]}
+    if first_rule and task in first_rule:
+        out["wide-rule"] = [float(a) for a in first_rule[task]["choice"]["anchors"]]
+    return out
+
+
+def choose_candidates(args, task: str, root: Path, log, first_rule: dict | None) -> dict:
+    """``--rule candidates`` for one task on the validation scenes."""
+    base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
+                         f"train.max_steps={args.steps}"], root, settings=SETTINGS,
+                        retrain=args.retrain, log=log)[2]
+    cands = candidate_anchors(task, first_rule)
+    runs = [train_cached(["experiment=quick_vr", f"task={task}",
+                          "model.rate_lambdas=[" + ",".join(map(repr, anchors)) + "]",
+                          f"name=vr-{name}", f"train.max_steps={args.steps}"], root,
+                         settings=SETTINGS, retrain=args.retrain, log=log)[2]
+            for name, anchors in cands.items()]
+    result = compare(runs, [base], codecs=args.codecs.split(","),
+                     scales=[float(s) for s in args.scales.split(",")], preprocessor="none",
+                     images=args.images, size=args.size, out=args.out / f"{task}-candidates",
+                     split=args.split, seed=args.seed, log=log,
+                     metric_options={"boundary": {"n_thresholds": 19}})
+    scored = {}
+    for name, anchors in cands.items():
+        row = next((r for r in result.bd_rates if (r["task"], r["method"], r["anchor"], r["rate"])
+                    == (task, f"learned-vr-{name}", ENVELOPE, "payload")), None)
+        curve = next(c for c in result.curves[task] if c.name == f"learned-vr-{name}")
+        pay = curve.at_rate("payload")
+        scored[name] = {"anchors": anchors,
+                        "bd_rate_payload": None if row is None else row["bd_rate_percent"],
+                        "reason": None if row is None else (row["reason"] or None),
+                        "bpp_payload": pay.bpp, "values": pay.values}
+    valid = {n: c for n, c in scored.items() if c["bd_rate_payload"] is not None}
+    if not valid:
+        raise SystemExit(f"{task}: no candidate has a BD-rate on these scenes: {scored}")
+    best = min(valid, key=lambda n: valid[n]["bd_rate_payload"])
+    return {"metric": get_task(task).metric, "candidates": scored,
+            "uncompressed": next(c for c in result.curves[task] if c.name == ENVELOPE).uncompressed,
+            "choice": {"name": best, "anchors": scored[best]["anchors"],
+                       "ladder": [float(x) for x in TASK_LAMBDAS[task]],
+                       "why": f"lowest validation BD-rate (payload) vs {ENVELOPE}: "
+                              f"{valid[best]['bd_rate_payload']:+.1f} %"}}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=ORDER)
@@ -87,6 +144,10 @@ def main(argv=None) -> dict:
     p.add_argument("--scales", default="1,0.5,0.25")
     p.add_argument("--flat", type=float, default=0.01)
     p.add_argument("--min-span", type=float, default=8.0)
+    p.add_argument("--rule", choices=("wide", "candidates"), default="wide",
+                   help="wide: the first rule (one wide-grid model); candidates: the second")
+    p.add_argument("--first-rule", type=Path, default=None,
+                   help="--rule candidates: a first-rule result whose anchors are a candidate")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "choose_ladders")
     p.add_argument("--summary", type=Path, default=None)
@@ -97,6 +158,23 @@ def main(argv=None) -> dict:
     t0, log = time.perf_counter(), timed_log()
     root = RESULTS / "ra_runs"
     tasks = [get_task(t).name for t in args.tasks.split(",")]
+    if args.rule == "candidates":
+        first = json.loads(args.first_rule.read_text())["summary"] if args.first_rule else None
+        summary = {}
+        for task in tasks:
+            summary[task] = choose_candidates(args, task, root, log, first)
+            log(f"{task}: {summary[task]['choice']}")
+        doc = {"provenance": provenance(),
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at "
+                           f"{args.size} px",
+               "rule": __doc__.split("``--rule candidates`` (the second rule): ")[1]
+                       .split("Writes")[0].strip(),
+               "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
+        committed = args.summary or RESULTS / f"ladders_{args.split}_candidates.json"
+        write_text(committed, json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {committed}")
+        return doc
     summary = {}
     for task in tasks:
         now = TASK_RATE_LAMBDAS[task]
