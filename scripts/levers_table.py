@@ -39,8 +39,11 @@ def lever_rows(doc: dict, path: str) -> list[list]:
             continue
         curve, vs = r["curves"][MODE], r["vs_best_classical"][MODE]
         seconds = r["train_seconds"][MODE][0]
-        rows.append([f"{task} {r['metric']}", r["budget_steps"],
-                     _setting(args.get("extra") or []), _setting(args.get("base_extra") or []),
+        learned = list(args.get("extra") or [])
+        if args.get("ladders"):  # anchors chosen elsewhere (bench_choose_ladders.py)
+            learned.insert(0, "anchors " + ", ".join(f"{a:g}" for a in r["anchors"])
+                           + f" ({Path(args['ladders']).name})")
+        rows.append([f"{task} {r['metric']}", r["budget_steps"], _setting(learned), _setting(args.get("base_extra") or []),
                      _bd(vs.get("payload", {})), _bd(vs.get("file", {})),
                      f"{curve['values'][-1]:.4g} at {curve['bpp_payload'][-1]:.3f} bpp",
                      f"{r['uncompressed']:.4g}",
@@ -80,7 +83,7 @@ def budgets_table(paths: list[Path], title: str) -> dict:
     cells: dict[str, dict[int, tuple[str, str]]] = {}
     top: dict[str, tuple[int, str]] = {}
     for d in docs:
-        if d["args"].get("extra") or d["args"].get("base_extra"):
+        if d["args"].get("extra") or d["args"].get("base_extra") or d["args"].get("ladders"):
             raise ValueError(f"{d['provenance']['command']}: a lever run; --by-budget compares "
                              "budgets of the quick preset")
         for task, r in d["summary"].items():

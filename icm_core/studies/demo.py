@@ -55,10 +55,12 @@ rate-accuracy"). A task's loss sets the scale: on depth and normals (L1 losses) 
 landed at nearly the same rate, and saliency reaches its uncompressed maxF at lambda 0.5 (above
 it the points are flat within noise), so their useful ranges lie lower.
 
-Not yet re-chosen on validation scenes: ``benchmarks/bench_choose_ladders.py`` (a rule applied
-to one wide-grid variable-rate model on 16 val scenes, ``benchmarks/results/ladders_val.json``)
-picked tops too low, and on validation scenes its semseg anchors topped out at 18.7 mIoU in
-``icm demo`` against 20.6 with these (docs, "Choosing the ladders on validation scenes")."""
+Not yet re-chosen on validation scenes. ``benchmarks/bench_choose_ladders.py``'s first rule (one
+wide-grid model, ``benchmarks/results/ladders_val.json``) picked tops too low; its second rule
+(candidate sets scored by their own validation BD-rate,
+``benchmarks/results/ladders_val_candidates_<task>.json``) keeps depth's anchors and halves
+semseg's and normals', which on the test scenes improves them (docs, "Choosing the ladders on
+validation scenes"); adopting it re-makes ``icm demo``'s committed outputs and is the next step."""
 TASK_RATE_LAMBDAS = {
     "semseg": (0.0625, 0.25, 1.0, 4.0),
     "human_parts": (0.0625, 0.25, 1.0, 4.0),
