@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "human_parts or saliency (default: semseg)")
     demo.add_argument("--lambdas", type=float, nargs="+", default=None,
                       help="the variable-rate model's anchors (default: the task's "
-                      "icm_core.studies.demo.TASK_RATE_LAMBDAS; semseg 0.0625 0.25 1 4), or with "
+                      "icm_core.studies.demo.TASK_RATE_LAMBDAS; semseg 0.0312 0.125 0.5 2), or with "
                       "--per-lambda the ladder (TASK_LAMBDAS; semseg 0.25 1 4)")
     demo.add_argument("--rate-points", type=int, default=7,
                       help="evenly spaced rates in [0, 1] the curve is drawn at (default 7)")
