@@ -29,8 +29,9 @@ its ``choice`` has the chosen ``anchors`` and the package's per-lambda ``ladder`
 the per-lambda mode is the paper's protocol, the variable-rate model the default), so
 ``bench_rate_modes.py --ladders`` can report the choice on test scenes.
 
-Writes ``results/ladders_<split>.json`` (commit it): ``icm_core.studies.demo.TASK_LAMBDAS`` and
-``TASK_RATE_LAMBDAS`` are its ``choice`` (a test checks they agree).
+The first rule writes ``results/ladders_<split>.json``; its choices did worse and were not
+adopted. ``TASK_RATE_LAMBDAS`` holds the second rule's choices for the tasks it was run on
+(``tests/test_variable_rate.py`` checks they agree with the committed files).
 
     OMP_NUM_THREADS=1 ICM_VVENC=... ICM_VVDEC=... python benchmarks/bench_choose_ladders.py
 """
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import torch
 from _runs import provenance, timed_log, train_cached
+from bench_rate_modes import _bd_row
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS
@@ -111,14 +113,11 @@ def choose_candidates(args, task: str, root: Path, log, first_rule: dict | None)
                      metric_options={"boundary": {"n_thresholds": 19}})
     scored = {}
     for name, anchors in cands.items():
-        row = next((r for r in result.bd_rates if (r["task"], r["method"], r["anchor"], r["rate"])
-                    == (task, f"learned-vr-{name}", ENVELOPE, "payload")), None)
-        curve = next(c for c in result.curves[task] if c.name == f"learned-vr-{name}")
-        pay = curve.at_rate("payload")
-        scored[name] = {"anchors": anchors,
-                        "bd_rate_payload": None if row is None else row["bd_rate_percent"],
-                        "reason": None if row is None else (row["reason"] or None),
-                        "bpp_payload": pay.bpp, "values": pay.values}
+        bd = _bd_row(result.bd_rates, task, f"learned-vr-{name}", ENVELOPE, "payload")
+        pay = next(c for c in result.curves[task]
+                   if c.name == f"learned-vr-{name}").at_rate("payload")
+        scored[name] = {"anchors": anchors, "bd_rate_payload": bd["value"],
+                        "reason": bd["reason"], "bpp_payload": pay.bpp, "values": pay.values}
     valid = {n: c for n, c in scored.items() if c["bd_rate_payload"] is not None}
     if not valid:
         raise SystemExit(f"{task}: no candidate has a BD-rate on these scenes: {scored}")
@@ -169,7 +168,7 @@ def main(argv=None) -> dict:
                "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at "
                            f"{args.size} px",
                "rule": __doc__.split("``--rule candidates`` (the second rule): ")[1]
-                       .split("Writes")[0].strip(),
+                       .split("\n\nThe first rule writes")[0].strip(),
                "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
         committed = args.summary or RESULTS / f"ladders_{args.split}_candidates.json"
         write_text(committed, json.dumps(doc, indent=2) + "\n")
@@ -211,7 +210,7 @@ def main(argv=None) -> dict:
     doc = {"provenance": provenance(),
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
-           "rule": __doc__.split("3. the rule")[1].split("Writes")[0].strip(),
+           "rule": __doc__.split("3. the rule")[1].split("``--rule candidates``")[0].strip(),
            "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
     committed = args.summary or RESULTS / f"ladders_{args.split}.json"
     write_text(committed, json.dumps(doc, indent=2) + "\n")

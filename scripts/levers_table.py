@@ -4,8 +4,9 @@ scripts/docs_tables.py puts on the measurements page ("The goal").
 A lever is what a run changes against the quick preset, for the learned codec (``--set``) and
 for the uncompressed baseline that feeds the classical pipelines (``--set-baseline``). Each
 row: the steps, the lever, the variable-rate curve's BD-rate against the best classical pipeline
-(payload and file rate), its top point, the baseline's uncompressed accuracy and the
-training's seconds.
+(payload and file rate), its highest-rate point, the baseline's uncompressed accuracy and the
+training's seconds. ``--by-budget`` makes the other table, one row per task with a pair of
+columns per training budget (``summary/rate_six.json``).
 
     python scripts/levers_table.py benchmarks/results/rate_modes_test.json \
         benchmarks/results/rate_lever_256_test.json ...
@@ -39,10 +40,9 @@ def lever_rows(doc: dict, path: str) -> list[list]:
             continue
         curve, vs = r["curves"][MODE], r["vs_best_classical"][MODE]
         seconds = r["train_seconds"][MODE][0]
-        learned = list(args.get("extra") or [])
-        if args.get("ladders"):  # anchors chosen elsewhere (bench_choose_ladders.py)
-            learned.insert(0, "anchors " + ", ".join(f"{a:g}" for a in r["anchors"])
-                           + f" ({Path(args['ladders']).name})")
+        learned = ["anchors " + ", ".join(f"{a:g}" for a in r["anchors"])  # they change
+                   + (f" ({Path(args['ladders']).name})" if args.get("ladders") else ""),
+                   *(args.get("extra") or [])]
         rows.append([f"{task} {r['metric']}", r["budget_steps"], _setting(learned), _setting(args.get("base_extra") or []),
                      _bd(vs.get("payload", {})), _bd(vs.get("file", {})),
                      f"{curve['values'][-1]:.4g} at {curve['bpp_payload'][-1]:.3f} bpp",
@@ -52,28 +52,20 @@ def lever_rows(doc: dict, path: str) -> list[list]:
     return rows
 
 
-SETTINGS = (2, 3)  # the columns "learned codec trained with", "baseline trained with"
-
-
-def levers_table(paths: list[Path], title: str = "Levers on the variable-rate model",
-                 settings: bool = True) -> dict:
-    """``settings=False``: without the two settings columns (every row the quick preset's)."""
+def levers_table(paths: list[Path], title: str = "Levers on the variable-rate model") -> dict:
     docs = [json.loads((ROOT / p).read_text()) for p in paths]
     rows = [row for p, d in zip(paths, docs) for row in lever_rows(d, p.as_posix())]
-    columns = [{"name": "task"}, {"name": "steps"}, {"name": "learned codec trained with"},
-               {"name": "baseline trained with"}, {"name": "BD-rate vs best classical (payload)"},
-               {"name": "same, file rate"}, {"name": "top of the curve"},
-               {"name": "baseline uncompressed"}, {"name": "training s"}, {"name": "results"}]
-    if not settings:
-        if any(row[i] != "quick preset" for row in rows for i in SETTINGS):
-            raise ValueError("--no-settings: a result was run with overrides; keep the columns")
-        columns = [c for i, c in enumerate(columns) if i not in SETTINGS]
-        rows = [[v for i, v in enumerate(row) if i not in SETTINGS] for row in rows]
     held = sorted({d["held_out"] for d in docs})
     return {"provenance": docs[0]["provenance"],
             "title": f"{title} ({MODE}), {'; '.join(held)}",
             "source": "; ".join(_source(d) for d in docs),
-            "columns": columns, "rows": rows}
+            "columns": [{"name": "task"}, {"name": "steps"},
+                        {"name": "learned codec trained with"}, {"name": "baseline trained with"},
+                        {"name": "BD-rate vs best classical (payload)"},
+                        {"name": "same, file rate"}, {"name": "highest-rate point"},
+                        {"name": "baseline uncompressed"}, {"name": "training s"},
+                        {"name": "results"}],
+            "rows": rows}
 
 
 def budgets_table(paths: list[Path], title: str) -> dict:
@@ -115,19 +107,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--summary-dir", type=Path, default=SUMMARY)
     p.add_argument("--name", default="rate_levers", help="the summary's name")
     p.add_argument("--title", default="Levers on the variable-rate model")
-    p.add_argument("--no-settings", action="store_true",
-                   help="leave out the settings columns (every result run on the quick preset)")
     p.add_argument("--by-budget", action="store_true",
                    help="one row per task, BD-rates per training budget (quick-preset runs)")
     args = p.parse_args(argv)
     table = (budgets_table(args.results, args.title) if args.by_budget else
-             levers_table(args.results, args.title, settings=not args.no_settings))
+             levers_table(args.results, args.title))
     table["generated_by"] = ("python scripts/levers_table.py "
                              + " ".join(r.as_posix() for r in args.results)
                              + ("" if args.name == "rate_levers" else f" --name {args.name}")
                              + ("" if args.title == "Levers on the variable-rate model"
                                 else f" --title {shlex.quote(args.title)}")
-                             + (" --no-settings" if args.no_settings else "")
                              + (" --by-budget" if args.by_budget else ""))
     out = args.summary_dir / f"{args.name}.json"
     out.write_text(json.dumps(table, indent=1) + "\n")

@@ -51,7 +51,7 @@ def goal_table(doc: dict) -> dict:
         rows.append([f"{task} {r['metric']}", _bd(_at(vs, "per-lambda", "payload")),
                      _bd(_at(vs, "vr-steps", "payload")), _bd(_at(vs, "vr-time", "payload")),
                      _bd(_at(vs, "vr-time", "file")), f"{r['uncompressed']:.4g}"])
-    budget = 3 * steps
+    budget = next(iter(doc["summary"].values()))["budget_steps"]  # --budget, or 3 x steps
     return {"title": f"Learned codec vs the best classical pipeline, {doc['held_out']}",
             "source": _source(doc),
             "columns": [{"name": "task"},
@@ -83,7 +83,8 @@ def modes_table(doc: dict) -> dict:
             "source": _source(doc),
             "columns": [{"name": "task"},
                         {"name": f"BD-rate, equal steps per model ({steps})"},
-                        {"name": f"BD-rate, equal total steps ({3 * steps})"},
+                        {"name": f"BD-rate, equal total steps "
+                                 f"({next(iter(doc['summary'].values()))['budget_steps']})"},
                         {"name": "task-file parameters (ratio)", "format": ".4f"},
                         {"name": "encode time (ratio)", "format": ".2f"},
                         {"name": "decode time (ratio)", "format": ".2f"},
