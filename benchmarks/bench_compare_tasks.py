@@ -74,7 +74,9 @@ def main(argv=None) -> dict:
     p.add_argument("--summary", type=Path, default=None,
                    help="the small JSON to commit (default: results/compare_<split>.json)")
     p.add_argument("--scales", default="1,0.5,0.25")
-    p.add_argument("--pp-lambda", type=float, default=0.3, help="pre-processor rate weight")
+    p.add_argument("--pp-lambda", type=float, default=PreprocessorConfig().lmbda,
+                   help="pre-processor rate weight (default: the package's, chosen on "
+                   "validation scenes by bench_choose_preprocessor.py)")
     p.add_argument("--pp-steps", type=int, default=200, help="pre-processor training steps")
     p.add_argument("--pp-size", type=int, default=128, help="pre-processor training crop (px)")
     p.add_argument("--boundary-thresholds", type=int, default=19)

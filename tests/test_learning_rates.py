@@ -39,3 +39,17 @@ def test_quick_preset_fine_tunes_the_backbone_gentler_than_its_adapters():
     t = load_config(["experiment=quick"]).train
     assert t.backbone_lr is not None and t.backbone_lr < t.lr
     assert load_config(["experiment=paper"]).train.backbone_lr is None  # 2e-5 everywhere
+
+
+def test_quick_preset_backbone_lr_is_the_one_chosen_on_validation_scenes():
+    import json
+    from pathlib import Path
+
+    from icm_core.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks" / "results" / "backbone_lr_val.json").read_text())
+    assert " val scenes " in doc["held_out"]
+    best = min(doc["mean_rank"], key=lambda lr: (doc["mean_rank"][lr], float(lr)))
+    assert float(best) == doc["choice"]["backbone_lr"]
+    assert load_config(["experiment=quick"]).train.backbone_lr == doc["choice"]["backbone_lr"]

@@ -257,3 +257,16 @@ def test_apply_keeps_size_and_mode(trained, scenes):
     assert apply_preprocessor(pp, rgb.convert("L")).mode == "L"
     with pytest.raises(ConfigError, match="PIL"):
         apply_preprocessor(pp, np.zeros((4, 4, 3)))
+
+
+def test_the_default_rate_weight_is_the_one_chosen_on_validation_scenes():
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks" / "results" / "preprocessor_val.json").read_text())
+    assert " val scenes " in doc["held_out"] and doc["args"]["split"] == "val"
+    means = {c["lmbda"]: c["mean_bd_rate"] for c in doc["per_lambda"].values()
+             if c["mean_bd_rate"] is not None}
+    assert len(means) >= 3 and min(means, key=means.get) == doc["choice"]["lmbda"]
+    # icm compare --preprocessor train and bench_compare_tasks.py (its --pp-lambda default) use it
+    assert PreprocessorConfig().lmbda == doc["choice"]["lmbda"]

@@ -62,7 +62,9 @@ class PreprocessorConfig:
     """How a pre-processor is built and trained (stored with its weights)."""
 
     codec: str = "jpeg"  # the codec whose differentiable proxy it trains through (PROXIES)
-    lmbda: float = 0.05  # weight of the proxy rate (bpp) against the task loss
+    # weight of the proxy rate (bpp) against the task loss; chosen on validation scenes
+    # (benchmarks/bench_choose_preprocessor.py -> results/preprocessor_val.json; tested)
+    lmbda: float = 0.3
     qualities: tuple[int, ...] = (10, 20, 30, 50, 70)  # proxy qualities, one drawn per step
     steps: int = 300
     lr: float = 1e-3
