@@ -120,6 +120,25 @@ def _cmd_pretrain(args) -> int:
     return _run_hydra(pretrain_app, "icm pretrain", args.overrides)
 
 
+def _cmd_pretrain_codec(args) -> int:
+    from tqdm.auto import tqdm
+
+    from icm_core.training.codec_init import pretrain_codec, save_codec
+
+    cfg = load_config(["experiment=quick", *args.overrides])
+    with tqdm(total=args.steps, desc="codec", dynamic_ncols=True) as bar:
+        def progress(v: dict) -> None:
+            bar.set_postfix(bpp=f"{v['bpp']:.3f}", psnr=f"{v['psnr']:.1f}")
+            bar.update(1)
+
+        head, history = pretrain_codec(cfg, args.steps, args.lmbda, progress=progress)
+    out = save_codec(head, cfg, args.out, history)
+    last = history[-1]
+    print(f"wrote {out}: {last['bpp']:.4f} bpp, PSNR {last['psnr']:.2f} dB at step "
+          f"{last['step']}; train with train.codec_init={out}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     run_data = load_config_file(resolve_checkpoint_dir(args.checkpoint)).data
     data = data_config(args.overrides, run_data, "icm eval") if args.overrides else None
@@ -227,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "(e.g. pretrain=quick steps=20 out_dir=runs/p resume=true)", add_help=False)
     pre.add_argument("overrides", nargs=argparse.REMAINDER)
     pre.set_defaults(func=_cmd_pretrain)
+
+    pc = sub.add_parser("pretrain-codec", help="pretrain a task-agnostic codec head (it "
+                        "reconstructs the image) on the scenes' pretrain split; runs start from "
+                        "it with train.codec_init=FILE")
+    pc.add_argument("overrides", nargs="*", help="Hydra overrides on experiment=quick: the "
+                    "backbone and head sizes, data.size, train.head_lr, train.batch_size")
+    pc.add_argument("--steps", type=int, default=2000)
+    pc.add_argument("--lmbda", type=float, default=0.0035,
+                    help="R + lmbda * 255^2 * MSE (CompressAI's scale)")
+    pc.add_argument("--out", default="codec.safetensors", help="the file to write")
+    pc.set_defaults(func=_cmd_pretrain_codec)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint at real bitstream rates")
     ev.add_argument("checkpoint", help="run folder written by 'icm train' (or one of its ckpt-*)")

@@ -262,6 +262,10 @@ class TrainConfig:
     warmup_steps: int = _help("steps of linear learning-rate warm-up before the decay (0: none)", 0)
     ema_decay: float = _help("decay of an exponential moving average of the trained weights, "
                              "which evaluation and checkpoints use (0: off; e.g. 0.99)", 0.0)
+    codec_init: str = _help("a pretrained codec (icm_core.training.codec_init.save_codec): every "
+                            "task head starts from its weights where names and shapes match "
+                            "(entropy model, decoder blocks) and is fine-tuned; '' : from "
+                            "scratch", "")
     eval_every: int = _help("steps between evaluations at real bitstream rates (0: never)", 0)
     checkpoint_every: int = _help("steps between checkpoints (0: only at the end)", 0)
     seed: int = _help("random seed", 0)
@@ -281,6 +285,9 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={self.ema_decay}: give a decay in [0, 1), e.g. "
                               "0.99 (0: no moving average)")
+        if not isinstance(self.codec_init, str):
+            raise ConfigError(f"train.codec_init={self.codec_init!r}: give a file path, or '' "
+                              "(heads from scratch)")
         _at_least("train.eval_every", self.eval_every, 0, " (0: never)")
         _at_least("train.checkpoint_every", self.checkpoint_every, 0, " (0: only at the end)")
         _at_least("train.seed", self.seed, 0)

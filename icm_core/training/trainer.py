@@ -64,6 +64,7 @@ from icm_core.training.checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
+from icm_core.training.codec_init import load_codec
 from icm_core.training.ema import ParamEMA
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class Trainer:
         self.train_set = make_dataset(cfg.data, "train", self.tasks)
         self.val_set = make_dataset(cfg.data, "val", self.tasks)
         self.model = model if model is not None else build_model(cfg, self.device)
+        self.codec_init = self._load_codec_init()
         distributed.convert_batchnorm(self.model, self.device)
         self.out_dir = Path(cfg.out_dir)
         self.params = set_trainable(self.model, self.tasks)
@@ -292,6 +294,19 @@ class Trainer:
         self._t0 = time.perf_counter()
         self._times: deque[float] = deque(maxlen=21)
         self.generator = noise_generator(cfg.train.seed, self.rank, self.device)
+
+    def _load_codec_init(self) -> dict[str, dict[str, list[str]]] | None:
+        """``train.codec_init``: every task head starts from the pretrained codec's weights
+        (``icm_core.training.codec_init``; before the optimizer and the moving average see
+        them). A resumed run's checkpoint then replaces them. Per task: what was loaded."""
+        path = self.cfg.train.codec_init
+        if not path:
+            return None
+        report = {t: load_codec(self.model.heads[t], path) for t in self.tasks}
+        for t, r in report.items():
+            log.info("%s: %d head tensors from the pretrained codec %s, %d fresh (%s)", t,
+                     len(r["loaded"]), path, len(r["fresh"]), ", ".join(r["fresh"]))
+        return report
 
     # -- events -------------------------------------------------------------------------
     def subscribe(self, fn: Callable[[TrainEvent], None]) -> None:
