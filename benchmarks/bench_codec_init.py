@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     every = max(1, args.steps // 20)
     doc = {"provenance": provenance(),
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "file": str(out.relative_to(Path(__file__).parent)),
+           "file": str(out),
            "history": [h for h in history if h["step"] % every == 0 or h["step"] == 1],
            "seconds": round(seconds, 1)}
     write_text(args.summary, json.dumps(doc, indent=2) + "\n")
