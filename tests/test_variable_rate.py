@@ -132,7 +132,7 @@ def test_quick_vr_preset_mirrors_quick_with_four_anchors():
     # where a rule chose anchors on validation scenes, the package has that choice
     chosen = sorted((ROOT / "benchmarks" / "results").glob("ladders_val_candidates_*.json"))
     assert {p.stem.split("candidates_", 1)[1] for p in chosen} >= {
-        "semseg", "depth", "normals", "human_parts", "saliency"}
+        "semseg", "depth", "normals", "human_parts", "saliency", "boundary"}
     for path in chosen:
         for task, r in json.loads(path.read_text())["summary"].items():
             assert list(TASK_RATE_LAMBDAS[task]) == r["choice"]["anchors"], (task, path.name)

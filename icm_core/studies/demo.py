@@ -63,16 +63,15 @@ TASK_RATE_LAMBDAS = {
     "depth": (0.01, 0.03, 0.1, 0.25),
     "normals": (0.015, 0.05, 0.15, 0.5),
     "saliency": (0.015, 0.05, 0.15, 0.5),
-    "boundary": (0.0625, 0.25, 1.0, 4.0),
+    "boundary": (0.0156, 0.0442, 0.125, 0.354),
 }
 """The anchors of a variable-rate quick model per task (``experiment=quick_vr``, ``icm demo``):
-4 anchors, about geometric. Semseg, depth and normals are chosen on validation scenes by
+4 anchors, about geometric, every task's chosen on validation scenes by
 ``benchmarks/bench_choose_ladders.py --rule candidates`` (the candidate set with the lowest
 validation BD-rate against the classical envelope, ``benchmarks/results/
 ladders_val_candidates_<task>.json``; a test checks they agree): semseg and normals take the
-package's earlier anchors halved, depth keeps its own. The other three still span one step
-below the task's ``TASK_LAMBDAS`` ladder (where the classical envelope lives) to its highest
-lambda, chosen earlier on test scenes of seed 0."""
+package's earlier anchors halved, boundary the first rule's (``ladders_val.json``), depth, human
+parts and saliency keep their own."""
 DEFAULT_LAMBDAS = TASK_LAMBDAS["semseg"]
 DEFAULT_STEPS = 200
 """Steps of each per-lambda model (``icm demo --per-lambda``)."""
