@@ -27,6 +27,9 @@ from icm_core.files import source_hash, write_text
 # bench_ra_synthetic and bench_preprocessor share their cache (results/ra_runs): the quick
 # preset with a few validation images (the trainer's own final evaluation is not used)
 QUICK_SETTINGS = ("experiment=quick", "data.workers=0", "data.val_length=4")
+# bench_rate_modes and the choosers (bench_choose_*) share theirs: the runs' own bookkeeping, not
+# the key, so a run one of them trained is the cached run of the others
+RATE_SETTINGS = ("data.workers=0", "data.val_length=4")
 SOURCE_FILE = "source_hash.txt"  # in a run folder: the source_hash of the code that trained it
 SECONDS_FILE = "train_seconds.txt"  # in a run folder: the wall seconds its training took
 
@@ -39,6 +42,17 @@ def timed_log() -> Callable[[str], None]:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
     return log
+
+
+def start_choice(split: str, tasks: str) -> tuple[float, Callable[[str], None], list[str]]:
+    """What a chooser (``bench_choose_*.py``) does first: warn when it is asked to choose on
+    test scenes, one torch thread, a timed log. Returns (start time, log, canonical tasks)."""
+    from icm_core.tasks.registry import get_task
+
+    if split == "test":
+        print("warning: choosing on test scenes defeats the purpose; report on them instead")
+    torch.set_num_threads(1)
+    return time.perf_counter(), timed_log(), [get_task(t).name for t in tasks.split(",")]
 
 
 def run_dir(root: Path | str, overrides: Sequence[str]) -> Path:

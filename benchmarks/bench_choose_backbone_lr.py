@@ -27,6 +27,7 @@ from pathlib import Path
 from _runs import provenance
 from bench_backbones import TASKS
 from bench_backbones import main as backbones
+from scipy.stats import rankdata
 
 from icm_core.files import write_text
 
@@ -35,9 +36,10 @@ RESULTS = Path(__file__).parent / "results"
 
 def ranks(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
     """Rank 1 = best; equal values share the better rank."""
-    ordered = sorted(set(values.values()), reverse=higher_is_better)
-    return {k: 1 + sum(1 for o in ordered if (o > v if higher_is_better else o < v))
-            for k, v in values.items()}
+    keys = list(values)
+    sign = -1 if higher_is_better else 1
+    return dict(zip(keys, (int(r) for r in rankdata([sign * values[k] for k in keys],
+                                                    method="min"))))
 
 
 def main(argv=None) -> dict:

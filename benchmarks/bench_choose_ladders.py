@@ -44,8 +44,7 @@ import math
 import time
 from pathlib import Path
 
-import torch
-from _runs import provenance, timed_log, train_cached
+from _runs import RATE_SETTINGS, provenance, start_choice, train_cached
 from bench_rate_modes import _bd_row
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
@@ -56,7 +55,6 @@ from icm_core.studies.demo import TASK_LAMBDAS, TASK_RATE_LAMBDAS
 from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = ("data.workers=0", "data.val_length=4")  # as bench_rate_modes.py: the same cache
 ORDER = "human_parts,saliency,boundary,semseg,depth,normals"
 ANCHORS = DEFAULT_RATE_POINTS  # compare's sweep of a variable-rate run hits each anchor exactly
 
@@ -98,13 +96,13 @@ def candidate_anchors(task: str, first_rule: dict | None) -> dict[str, list[floa
 def choose_candidates(args, task: str, root: Path, log, first_rule: dict | None) -> dict:
     """``--rule candidates`` for one task on the validation scenes."""
     base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
-                         f"train.max_steps={args.steps}"], root, settings=SETTINGS,
+                         f"train.max_steps={args.steps}"], root, settings=RATE_SETTINGS,
                         retrain=args.retrain, log=log)[2]
     cands = candidate_anchors(task, first_rule)
     runs = [train_cached(["experiment=quick_vr", f"task={task}",
                           "model.rate_lambdas=[" + ",".join(map(repr, anchors)) + "]",
                           f"name=vr-{name}", f"train.max_steps={args.steps}"], root,
-                         settings=SETTINGS, retrain=args.retrain, log=log)[2]
+                         settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2]
             for name, anchors in cands.items()]
     result = compare(runs, [base], codecs=args.codecs.split(","),
                      scales=[float(s) for s in args.scales.split(",")], preprocessor="none",
@@ -151,12 +149,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS / "choose_ladders")
     p.add_argument("--summary", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.split == "test":
-        print("warning: choosing on test scenes defeats the purpose; report on them instead")
-    torch.set_num_threads(1)
-    t0, log = time.perf_counter(), timed_log()
+    t0, log, tasks = start_choice(args.split, args.tasks)
     root = RESULTS / "ra_runs"
-    tasks = [get_task(t).name for t in args.tasks.split(",")]
     if args.rule == "candidates":
         first = json.loads(args.first_rule.read_text())["summary"] if args.first_rule else None
         summary = {}
@@ -179,12 +173,12 @@ def main(argv=None) -> dict:
         now = TASK_RATE_LAMBDAS[task]
         grid = geometric(now[0] / 4, now[-1] * 2, ANCHORS)
         base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
-                             f"train.max_steps={args.steps}"], root, settings=SETTINGS,
+                             f"train.max_steps={args.steps}"], root, settings=RATE_SETTINGS,
                             retrain=args.retrain, log=log)[2]
         wide = train_cached(["experiment=quick_vr", f"task={task}",
                              "model.rate_lambdas=[" + ",".join(map(repr, grid)) + "]",
                              "name=vr-wide", f"train.max_steps={args.steps}"], root,
-                            settings=SETTINGS, retrain=args.retrain, log=log)[2]
+                            settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2]
         result = compare([wide], [base], codecs=args.codecs.split(","),
                          scales=[float(s) for s in args.scales.split(",")],
                          preprocessor="none", images=args.images, size=args.size,

@@ -32,8 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-from _runs import provenance, timed_log, train_cached
+from _runs import RATE_SETTINGS, provenance, start_choice, train_cached
 from bench_rate_modes import _bd_row
 
 from icm_core.baselines.preprocessor import PreprocessorConfig
@@ -41,10 +40,8 @@ from icm_core.evaluation.results import ENVELOPE, PREPROC_ENVELOPE
 from icm_core.files import write_text
 from icm_core.studies.compare import compare
 from icm_core.studies.demo import TASK_RATE_LAMBDAS
-from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = ("data.workers=0", "data.val_length=4")  # as bench_rate_modes.py: the same cache
 
 
 def main(argv=None) -> dict:
@@ -63,22 +60,18 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS / "choose_preprocessor")
     p.add_argument("--summary", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.split == "test":
-        print("warning: choosing on test scenes defeats the purpose; report on them instead")
-    torch.set_num_threads(1)
-    t0, log = time.perf_counter(), timed_log()
+    t0, log, tasks = start_choice(args.split, args.tasks)
     root = RESULTS / "ra_runs"
-    tasks = [get_task(t).name for t in args.tasks.split(",")]
     bases, learned = [], []
     for task in tasks:
         bases.append(train_cached(["experiment=quick", f"task={task}", "model.compression=false",
-                                   f"train.max_steps={args.steps}"], root, settings=SETTINGS,
+                                   f"train.max_steps={args.steps}"], root, settings=RATE_SETTINGS,
                                   retrain=args.retrain, log=log)[2])
         anchors = [float(a) for a in TASK_RATE_LAMBDAS[task]]
         learned.append(train_cached(["experiment=quick_vr", f"task={task}",
                                      "model.rate_lambdas=[" + ",".join(map(repr, anchors)) + "]",
                                      "name=vr-package", f"train.max_steps={args.steps}"], root,
-                                    settings=SETTINGS, retrain=args.retrain, log=log)[2])
+                                    settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2])
     per_lambda = {}
     for lm in [float(v) for v in args.lambdas.split(",")]:
         pcfg = PreprocessorConfig(lmbda=lm, steps=args.pp_steps, batch_size=2, size=args.pp_size)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _runs import provenance, timed_log, train_cached, trained_seconds
+from _runs import RATE_SETTINGS, provenance, timed_log, train_cached, trained_seconds
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.codec import coder
@@ -46,7 +46,6 @@ from icm_core.studies.demo import default_lambdas, default_rate_lambdas
 from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = ("data.workers=0", "data.val_length=4")  # the runs' own bookkeeping (not the key)
 MODES = ("per-lambda", "vr-steps", "vr-time")
 
 
@@ -148,18 +147,18 @@ def main(argv=None) -> dict:
                      *args.extra]
         base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
                              f"train.max_steps={budget}", *args.base_extra], root,
-                            settings=SETTINGS, retrain=args.retrain, log=log)[2]
+                            settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2]
         trained = {}
         if "per-lambda" in modes:
             trained["per-lambda"] = [train_cached(
                 ["experiment=quick", f"task={task}", f"lmbda={lm}", f"train.max_steps={args.steps}",
                  *args.extra],
-                root, settings=SETTINGS, retrain=args.retrain, log=log)[2] for lm in ladder]
+                root, settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2] for lm in ladder]
         for mode, steps in (("vr-steps", args.steps), ("vr-time", budget)):
             if mode in modes:
                 trained[mode] = [train_cached([*vr_common, f"name={mode}",
                                                f"train.max_steps={steps}"], root,
-                                              settings=SETTINGS, retrain=args.retrain,
+                                              settings=RATE_SETTINGS, retrain=args.retrain,
                                               log=log)[2]]
         plan[task] = {"ladder": ladder, "anchors": anchors, "budget_steps": budget,
                       "runs": trained}

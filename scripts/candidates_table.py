@@ -8,7 +8,6 @@ rule chose.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rate_modes_table import _bd, _source  # noqa: E402  (one formatting of each)
+from rate_modes_table import _bd, _source, results_main  # noqa: E402  (shared)
 
 
 def candidates_table(paths: list[Path]) -> dict:
@@ -41,17 +40,7 @@ def candidates_table(paths: list[Path]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path, nargs="+")
-    p.add_argument("--summary-dir", type=Path, default=SUMMARY)
-    args = p.parse_args(argv)
-    table = candidates_table(args.results)
-    table["generated_by"] = ("python scripts/candidates_table.py "
-                             + " ".join(r.as_posix() for r in args.results))
-    out = args.summary_dir / "ladders_candidates.json"
-    out.write_text(json.dumps(table, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return results_main(argv, __doc__, candidates_table, "ladders_candidates", __file__)
 
 
 if __name__ == "__main__":

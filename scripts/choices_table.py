@@ -13,7 +13,6 @@ validation scenes, and the one the rule chose.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "benchmarks" / "results" / "summary"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rate_modes_table import _source  # noqa: E402  (one formatting of it)
+from rate_modes_table import _source, results_main  # noqa: E402  (shared)
 
 
 def _pct(v) -> str:
@@ -55,17 +54,7 @@ def choices_table(paths: list[Path]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path, nargs="+")
-    p.add_argument("--summary-dir", type=Path, default=SUMMARY)
-    args = p.parse_args(argv)
-    table = choices_table(args.results)
-    table["generated_by"] = ("python scripts/choices_table.py "
-                             + " ".join(r.as_posix() for r in args.results))
-    out = args.summary_dir / "choices_val.json"
-    out.write_text(json.dumps(table, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return results_main(argv, __doc__, choices_table, "choices_val", __file__)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from icm_core.data.synthetic import SyntheticScenes
 from icm_core.errors import ConfigError
 from icm_core.files import atomic_path
 from icm_core.models.backbone import Backbone
-from icm_core.models.entropy import TABLE_BUFFERS
+from icm_core.models.entropy import TABLE_BUFFERS, bits_of
 from icm_core.models.icm import HYPERPRIOR_STRIDE, TaskHead, _init_default_, _init_vit_
 
 RGB = 3
@@ -91,7 +91,7 @@ def pretrain_codec(cfg: ExperimentConfig, steps: int, lmbda: float = 0.01, lr: f
         _, y = head.analysis(feats)
         ent = head.entropy(y, noise)
         x_hat = head.synthesis(ent.y_hat, (Hp, Wp)).prediction[..., :H, :W]
-        bpp = sum(-torch.log2(v).sum() for v in ent.likelihoods.values()) / (batch * H * W)
+        bpp = sum(bits_of(v).sum() for v in ent.likelihoods.values()) / (batch * H * W)
         mse = F.mse_loss(x_hat, x)
         loss = bpp + lmbda * 255**2 * mse
         if not torch.isfinite(loss):
