@@ -29,6 +29,18 @@ its ``choice`` has the chosen ``anchors`` and the package's per-lambda ``ladder`
 the per-lambda mode is the paper's protocol, the variable-rate model the default), so
 ``bench_rate_modes.py --ladders`` can report the choice on test scenes.
 
+``--rule per-lambda`` (the per-lambda ladders, ``TASK_LAMBDAS``: ``icm demo --per-lambda``, the
+paper's protocol): per task, one model per lambda of every candidate ladder, ``--ladder-steps``
+each (a lambda two candidates share is trained once), and the uncompressed baseline of the
+curve's total steps, all tasks scored in ONE ``icm compare`` on the validation scenes; each
+candidate's curve is its lambdas' points, and the ladder with the lowest BD-rate (payload)
+against the validation envelope is chosen (if no candidate has one, the ladder whose best point
+comes closest to the uncompressed metric). The candidates: ``package`` (``TASK_LAMBDAS``),
+``lower`` (each lambda halved) and ``anchor-span`` (3 lambdas geometric over the span of the
+task's validation-chosen anchors, ``TASK_RATE_LAMBDAS``). Written to
+``results/ladders_<split>_per_lambda.json``; its ``choice`` has the chosen ``ladder`` and the
+package's ``anchors``, for ``bench_rate_modes.py --ladders``.
+
 The first rule writes ``results/ladders_<split>.json``; its choices did worse and were not
 adopted. ``TASK_RATE_LAMBDAS`` holds the second rule's choices for the tasks it was run on
 (``tests/test_variable_rate.py`` checks they agree with the committed files).
@@ -42,16 +54,17 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _runs import RATE_SETTINGS, provenance, start_choice, train_cached
-from bench_rate_modes import _bd_row
+from bench_rate_modes import _bd, _bd_row
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS
 from icm_core.files import write_text
 from icm_core.studies.compare import ENVELOPE, compare
-from icm_core.studies.demo import TASK_LAMBDAS, TASK_RATE_LAMBDAS
+from icm_core.studies.demo import DEFAULT_STEPS, TASK_LAMBDAS, TASK_RATE_LAMBDAS
 from icm_core.tasks.registry import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,6 +141,79 @@ def choose_candidates(args, task: str, root: Path, log, first_rule: dict | None)
                               f"{valid[best]['bd_rate_payload']:+.1f} %"}}
 
 
+def ladder_candidates(task: str) -> dict[str, list[float]]:
+    """The candidate per-lambda ladders of ``--rule per-lambda`` for ``task`` (a ladder equal to
+    an earlier one is left out)."""
+    package = [float(x) for x in TASK_LAMBDAS[task]]
+    anchors = TASK_RATE_LAMBDAS[task]
+    out: dict[str, list[float]] = {}
+    for name, ladder in (("package", package),
+                         ("lower", [float(f"{x / 2:.3g}") for x in package]),
+                         ("anchor-span", geometric(anchors[0], anchors[-1], 3))):
+        if ladder not in out.values():
+            out[name] = ladder
+    return out
+
+
+def pick_ladder(scored: dict, uncompressed: float, higher_is_better: bool) -> tuple[str, str]:
+    """(name, why) of the chosen candidate: lowest BD-rate; without any, closest best point."""
+    valid = {n: c for n, c in scored.items() if c["bd_rate_payload"] is not None}
+    if valid:
+        best = min(valid, key=lambda n: valid[n]["bd_rate_payload"])
+        return best, (f"lowest validation BD-rate (payload) vs {ENVELOPE}: "
+                      f"{valid[best]['bd_rate_payload']:+.1f} %")
+    top = {n: (max if higher_is_better else min)(c["values"]) for n, c in scored.items()}
+    best = min(top, key=lambda n: abs(top[n] - uncompressed))
+    return best, (f"no candidate has a BD-rate vs {ENVELOPE} on these scenes: the best point "
+                  f"closest to the uncompressed {uncompressed:.4g} ({top[best]:.4g})")
+
+
+def choose_per_lambda(args, tasks: list[str], root: Path, log) -> dict:
+    """``--rule per-lambda`` for ``tasks``, scored in one comparison on the validation scenes."""
+    runs, bases, cands = [], [], {}
+    for task in tasks:
+        cands[task] = ladder_candidates(task)
+        total = len(next(iter(cands[task].values()))) * args.ladder_steps
+        bases.append(train_cached(["experiment=quick", f"task={task}", "model.compression=false",
+                                   f"train.max_steps={total}"], root, settings=RATE_SETTINGS,
+                                  retrain=args.retrain, log=log)[2])
+        for lm in sorted({x for ladder in cands[task].values() for x in ladder}):
+            # the overrides of bench_rate_modes' per-lambda runs: one cache for both
+            runs.append(train_cached(["experiment=quick", f"task={task}", f"lmbda={lm}",
+                                      f"train.max_steps={args.ladder_steps}"], root,
+                                     settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2])
+    result = compare(runs, bases, codecs=args.codecs.split(","),
+                     scales=[float(s) for s in args.scales.split(",")], preprocessor="none",
+                     images=args.images, size=args.size, out=args.out / "per-lambda",
+                     split=args.split, seed=args.seed, log=log,
+                     metric_options={"boundary": {"n_thresholds": 19}})
+    summary = {}
+    for task in tasks:
+        learned = next(c for c in result.curves[task] if c.kind == "learned").at_rate("payload")
+        env = next(c for c in result.curves[task] if c.name == ENVELOPE and c.rate == "payload")
+        points = list(zip(learned.points, learned.bpp, learned.values))
+        scored = {}
+        for name, ladder in cands[task].items():
+            pts = [next(p for p in points if math.isclose(p[0]["lmbda"], lm, rel_tol=1e-9))
+                   for lm in ladder]
+            curve = replace(learned, name=f"per-lambda-{name}", points=[p[0] for p in pts],
+                            bpp=[p[1] for p in pts], values=[p[2] for p in pts])
+            bd = _bd(env, curve)
+            scored[name] = {"ladder": ladder, "bd_rate_payload": bd["value"],
+                            "reason": bd["reason"], "bpp_payload": curve.bpp,
+                            "values": curve.values}
+        spec = get_task(task)
+        best, why = pick_ladder(scored, env.uncompressed, spec.higher_is_better)
+        summary[task] = {"metric": spec.metric, "candidates": scored,
+                         "uncompressed": env.uncompressed,
+                         "envelope": {"bpp_payload": env.bpp, "values": env.values},
+                         "choice": {"name": best, "ladder": scored[best]["ladder"],
+                                    "anchors": [float(a) for a in TASK_RATE_LAMBDAS[task]],
+                                    "why": why}}
+        log(f"{task}: {summary[task]['choice']}")
+    return summary
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=ORDER)
@@ -141,8 +227,11 @@ def main(argv=None) -> dict:
     p.add_argument("--scales", default="1,0.5,0.25")
     p.add_argument("--flat", type=float, default=0.01)
     p.add_argument("--min-span", type=float, default=8.0)
-    p.add_argument("--rule", choices=("wide", "candidates"), default="wide",
-                   help="wide: the first rule (one wide-grid model); candidates: the second")
+    p.add_argument("--rule", choices=("wide", "candidates", "per-lambda"), default="wide",
+                   help="wide: the first rule (one wide-grid model); candidates: the second; "
+                   "per-lambda: the per-lambda ladders")
+    p.add_argument("--ladder-steps", type=int, default=DEFAULT_STEPS,
+                   help="--rule per-lambda: steps of each per-lambda model (icm demo's)")
     p.add_argument("--first-rule", type=Path, default=None,
                    help="--rule candidates: a first-rule result whose anchors are a candidate")
     p.add_argument("--retrain", action="store_true")
@@ -151,20 +240,28 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     t0, log, tasks = start_choice(args.split, args.tasks)
     root = RESULTS / "ra_runs"
-    if args.rule == "candidates":
-        first = json.loads(args.first_rule.read_text())["summary"] if args.first_rule else None
-        summary = {}
-        for task in tasks:
-            summary[task] = choose_candidates(args, task, root, log, first)
-            log(f"{task}: {summary[task]['choice']}")
+    if args.rule in ("candidates", "per-lambda"):
+        if args.rule == "per-lambda":
+            summary = choose_per_lambda(args, tasks, root, log)
+            rule = __doc__.split("``--rule per-lambda`` ")[1].split("\n\nThe first rule")[0]
+            name = f"ladders_{args.split}_per_lambda.json"
+        else:
+            first = (json.loads(args.first_rule.read_text())["summary"] if args.first_rule
+                     else None)
+            summary = {}
+            for task in tasks:
+                summary[task] = choose_candidates(args, task, root, log, first)
+                log(f"{task}: {summary[task]['choice']}")
+            rule = (__doc__.split("``--rule candidates`` (the second rule): ")[1]
+                    .split("\n\n``--rule per-lambda``")[0])
+            name = f"ladders_{args.split}_candidates.json"
         doc = {"provenance": provenance(),
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at "
                            f"{args.size} px",
-               "rule": __doc__.split("``--rule candidates`` (the second rule): ")[1]
-                       .split("\n\nThe first rule writes")[0].strip(),
-               "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
-        committed = args.summary or RESULTS / f"ladders_{args.split}_candidates.json"
+               "rule": rule.strip(), "summary": summary,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        committed = args.summary or RESULTS / name
         write_text(committed, json.dumps(doc, indent=2) + "\n")
         log(f"wrote {committed}")
         return doc
