@@ -33,9 +33,10 @@ def _bd(entry: dict) -> str:
     return f"n/a ({why})" if why else "n/a"
 
 
-def results_main(argv: list[str], doc: str, make, name: str, script: str) -> int:
+def results_main(argv: list[str], doc: str, make, name, script: str) -> int:
     """The ``main`` of a script that turns committed results files (its arguments) into
-    ``summary/<name>.json`` with ``make(paths)``, recording the command that remakes it."""
+    ``summary/<name>.json`` with ``make(paths)``, recording the command that remakes it
+    (``name``: a string, or a function of the paths)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--summary-dir", type=Path, default=SUMMARY)
@@ -43,7 +44,7 @@ def results_main(argv: list[str], doc: str, make, name: str, script: str) -> int
     table = make(args.results)
     table["generated_by"] = (f"python scripts/{Path(script).name} "
                              + " ".join(r.as_posix() for r in args.results))
-    out = args.summary_dir / f"{name}.json"
+    out = args.summary_dir / f"{name if isinstance(name, str) else name(args.results)}.json"
     out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
