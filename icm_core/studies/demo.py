@@ -43,8 +43,8 @@ def _png_b64(img) -> str:
 TASK_LAMBDAS = {
     "semseg": (0.25, 1.0, 4.0),
     "human_parts": (0.25, 1.0, 4.0),
-    "depth": (0.03, 0.1, 0.25),
-    "normals": (0.1, 0.25, 1.0),
+    "depth": (0.01, 0.05, 0.25),
+    "normals": (0.05, 0.125, 0.5),
     "saliency": (0.05, 0.1, 0.5),
     "boundary": (0.25, 1.0, 4.0),
 }
