@@ -2,6 +2,7 @@
 scenes by ``benchmarks/bench_choose_ladders.py --rule per-lambda``: its candidates, its rule, and
 the package holding what the committed run chose."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,3 +51,15 @@ def test_without_any_bd_rate_the_best_point_closest_to_uncompressed_wins(higher_
     scored = {"a": _cand(None, [8.0, 9.5]), "b": _cand(None, [9.0, 9.1])}
     name, why = pick_ladder(scored, 9.2 if not higher_is_better else 10.0, higher_is_better)
     assert name == want and "no candidate has a BD-rate" in why
+
+def test_package_ladders_are_the_validation_choice():
+    chosen = sorted((ROOT / "benchmarks" / "results").glob("ladders_val_per_lambda_*.json"))
+    tasks = {}
+    for path in chosen:
+        doc = json.loads(path.read_text())
+        assert "val scenes" in doc["held_out"], path.name
+        for task, r in doc["summary"].items():
+            tasks[task] = path.name
+            assert list(TASK_LAMBDAS[task]) == r["choice"]["ladder"], (task, path.name)
+            assert r["choice"]["name"] in r["candidates"]
+    assert set(tasks) == set(TASKS)

@@ -45,18 +45,18 @@ TASK_LAMBDAS = {
     "human_parts": (0.25, 1.0, 4.0),
     "depth": (0.01, 0.05, 0.25),
     "normals": (0.05, 0.125, 0.5),
-    "saliency": (0.05, 0.1, 0.5),
-    "boundary": (0.25, 1.0, 4.0),
+    "saliency": (0.025, 0.05, 0.25),
+    "boundary": (0.125, 0.5, 2.0),
 }
-"""The quick preset's lambda ladder per task (``icm demo --per-lambda``, the RA benchmarks), chosen
-from lambdas measured on held-out scenes at 256 px so that each curve rises in rate and
-accuracy and its lowest point keeps most of the uncompressed metric (README, "Offline
-rate-accuracy"). A task's loss sets the scale: on depth and normals (L1 losses) lambda 1 and 4
-landed at nearly the same rate, and saliency reaches its uncompressed maxF at lambda 0.5 (above
-it the points are flat within noise), so their useful ranges lie lower.
-
-The per-lambda ladders are not re-chosen on validation scenes (the variable-rate model is the
-default; see ``TASK_RATE_LAMBDAS``)."""
+"""The quick preset's lambda ladder per task (``icm demo --per-lambda``, the paper's protocol: one
+200-step model per lambda), every task's chosen on validation scenes by
+``benchmarks/bench_choose_ladders.py --rule per-lambda`` from three candidates (the earlier
+ladder, it halved, and three lambdas over the span of ``TASK_RATE_LAMBDAS``): the lowest
+validation BD-rate against the classical envelope, or, where no candidate has one at 200 steps,
+the ladder whose best point is nearest the uncompressed metric
+(``benchmarks/results/ladders_val_per_lambda_{a,b}.json``; a test checks they agree). A task's
+loss sets the scale: depth, normals and saliency (L1 and BCE losses) code their useful range at
+lower lambdas than the cross-entropy tasks."""
 TASK_RATE_LAMBDAS = {
     "semseg": (0.0312, 0.125, 0.5, 2.0),
     "human_parts": (0.0625, 0.25, 1.0, 4.0),
