@@ -25,9 +25,8 @@ whose curve has the lowest BD-rate (payload) against the validation envelope is 
 candidates: ``package`` (``TASK_RATE_LAMBDAS``), ``lower`` (each anchor halved: a curve that
 starts lower, where the envelope starts) and ``wide-rule`` (the first rule's anchors, from
 ``--first-rule`` results, when given). Written to ``results/ladders_<split>_candidates.json``;
-its ``choice`` has the chosen ``anchors`` and the package's per-lambda ``ladder`` (not re-chosen:
-the per-lambda mode is the paper's protocol, the variable-rate model the default), so
-``bench_rate_modes.py --ladders`` can report the choice on test scenes.
+its ``choice`` has the chosen ``anchors`` and the package's per-lambda ``ladder`` (chosen by
+``--rule per-lambda``), so ``bench_rate_modes.py --ladders`` can report the choice on test scenes.
 
 ``--rule per-lambda`` (the per-lambda ladders, ``TASK_LAMBDAS``: ``icm demo --per-lambda``, the
 paper's protocol): per task, one model per lambda of every candidate ladder, ``--ladder-steps``
