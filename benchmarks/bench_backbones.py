@@ -165,7 +165,10 @@ def main(argv=None) -> dict:
     for v in lost:
         print(f"  LOSES: {v['row']} on {v['task']} ({v['setting']}) against {v['against']}")
 
-    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    from _runs import provenance
+
+    doc = {"provenance": provenance(),
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "rows": ROWS, "results": sorted(results, key=lambda r: (str(r["lmbda"]), r["task"],
                                                                    r["row"], r["seed"])),
            "cells": sorted(cells.values(), key=lambda c: (c["setting"], c["task"], c["row"])),
