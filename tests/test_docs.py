@@ -79,7 +79,8 @@ def test_generated_summaries_are_what_their_script_makes_of_the_committed_result
         made.append(path.name)
     assert {"compare_test.json", "costs_paper.json", "rate_goal.json",
             "rate_modes.json", "rate_levers.json", "rate_six.json", "rate_valcand.json",
-            "ladders_candidates.json", "ladders_per_lambda.json", "choices_val.json"} <= set(made)
+            "ladders_candidates.json", "ladders_per_lambda.json", "choices_val.json",
+            "backbones_lr.json"} <= set(made)
 
 
 def test_numbers_are_formatted_per_column_and_the_best_is_bold():
