@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -146,10 +147,27 @@ def provenance() -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+    return {"command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "commit": commit + ("+dirty" if dirty and commit else ""),
             "source_hash": source_hash(),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def results_doc(args, t0: float, held_out: str | None = None, **fields) -> dict:
+    """The results JSON a benchmark commits: its provenance, its arguments, the held-out scenes
+    (default: ``--images`` ``--split`` scenes of ``--seed`` at ``--size`` px), ``fields``, and
+    the seconds since ``t0``."""
+    held = held_out or f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px"
+    return {"provenance": provenance(),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "held_out": held, **fields, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def write_results(doc: dict, path: Path, log: Callable[[str], None], detail: str = "") -> Path:
+    """Write ``doc`` (``results_doc``) to ``path`` whole or not at all, and say so."""
+    write_text(path, json.dumps(doc, indent=2) + "\n")
+    log(f"wrote {path}{detail}")
+    return path

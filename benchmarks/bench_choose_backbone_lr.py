@@ -11,7 +11,7 @@ share the better rank), ties broken by the smaller learning rate.
 
 Writes ``results/backbone_lr_val.json`` (every cell's value per learning rate, the ranks and
 ``choice``); ``icm_core/conf/experiment/quick.yaml``'s ``train.backbone_lr`` follows it
-(``tests/test_backbones.py`` checks they agree). Trainings are cached as bench_backbones caches.
+(``tests/test_learning_rates.py`` checks they agree). Trainings are cached as bench_backbones caches.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_choose_backbone_lr.py
 """
@@ -19,17 +19,14 @@ Writes ``results/backbone_lr_val.json`` (every cell's value per learning rate, t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from _runs import provenance
+from _runs import results_doc, write_results
 from bench_backbones import TASKS
 from bench_backbones import main as backbones
 from scipy.stats import rankdata
-
-from icm_core.files import write_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -72,19 +69,16 @@ def main(argv=None) -> dict:
         cell["ranks"] = ranks(cell["by_lr"], cell["higher_is_better"])
     mean_rank = {lr: statistics.fmean(c["ranks"][lr] for c in cells.values()) for lr in lrs}
     best = min(lrs, key=lambda lr: (mean_rank[lr], float(lr)))
-    summary = {"provenance": provenance(),
-               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "held_out": f"{args.images} val scenes at 128 px (bench_backbones.py --split val)",
-               "rule": "the learning rate with the best mean rank over the (task, setting) "
-                       "cells; ties: the smaller learning rate",
-               "cells": sorted(cells.values(), key=lambda c: (c["setting"], c["task"])),
-               "mean_rank": mean_rank,
-               "choice": {"backbone_lr": float(best),
-                          "why": f"best mean rank {mean_rank[best]:.2f} over {len(cells)} "
-                                 f"validation cells (of {', '.join(lrs)})"},
-               "seconds": round(time.perf_counter() - t0, 1)}
-    write_text(args.summary, json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.summary}: backbone_lr {best} ({summary['choice']['why']})")
+    choice = {"backbone_lr": float(best),
+              "why": f"best mean rank {mean_rank[best]:.2f} over {len(cells)} validation cells "
+                     f"(of {', '.join(lrs)})"}
+    summary = results_doc(
+        args, t0, held_out=f"{args.images} val scenes at 128 px (bench_backbones.py --split val)",
+        rule="the learning rate with the best mean rank over the (task, setting) cells; ties: "
+             "the smaller learning rate",
+        cells=sorted(cells.values(), key=lambda c: (c["setting"], c["task"])),
+        mean_rank=mean_rank, choice=choice)
+    write_results(summary, args.summary, print, f": backbone_lr {best} ({choice['why']})")
     return summary
 
 

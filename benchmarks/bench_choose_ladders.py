@@ -52,16 +52,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from _runs import RATE_SETTINGS, provenance, start_choice, train_cached
+from _runs import RATE_SETTINGS, results_doc, start_choice, train_cached, write_results
 from bench_rate_modes import _bd, _bd_row
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.evaluation.evaluate import DEFAULT_RATE_POINTS
-from icm_core.files import write_text
 from icm_core.studies.compare import ENVELOPE, compare
 from icm_core.studies.demo import DEFAULT_STEPS, TASK_LAMBDAS, TASK_RATE_LAMBDAS
 from icm_core.tasks.registry import get_task
@@ -213,6 +211,39 @@ def choose_per_lambda(args, tasks: list[str], root: Path, log) -> dict:
     return summary
 
 
+def choose_wide(args, task: str, root: Path, log) -> dict:
+    """The first rule (one wide-grid variable-rate model) for one task on the validation scenes."""
+    now = TASK_RATE_LAMBDAS[task]
+    grid = geometric(now[0] / 4, now[-1] * 2, ANCHORS)
+    base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
+                         f"train.max_steps={args.steps}"], root, settings=RATE_SETTINGS,
+                        retrain=args.retrain, log=log)[2]
+    wide = train_cached(["experiment=quick_vr", f"task={task}",
+                         "model.rate_lambdas=[" + ",".join(map(repr, grid)) + "]",
+                         "name=vr-wide", f"train.max_steps={args.steps}"], root,
+                        settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2]
+    result = compare([wide], [base], codecs=args.codecs.split(","),
+                     scales=[float(s) for s in args.scales.split(",")],
+                     preprocessor="none", images=args.images, size=args.size,
+                     out=args.out / task, split=args.split, seed=args.seed, log=log,
+                     metric_options={"boundary": {"n_thresholds": 19}})
+    learned = next(c for c in result.curves[task] if c.kind == "learned").at_rate("payload")
+    env = next(c for c in result.curves[task] if c.name == ENVELOPE and c.rate == "payload")
+    # the sweep's rates are the anchors: each point is the model at one grid lambda
+    by_lambda = sorted(zip([pt["lmbda"] for pt in learned.points], learned.bpp,
+                           learned.values))
+    assert all(math.isclose(a, g, rel_tol=1e-6) for (a, _, _), g in zip(by_lambda, grid))
+    spec = get_task(task)
+    c = choose(grid, [b for _, b, _ in by_lambda], [v for _, _, v in by_lambda],
+               spec.higher_is_better, min(env.bpp), args.flat, args.min_span)
+    row = {"metric": spec.metric, "grid": grid, "bpp_payload": [b for _, b, _ in by_lambda],
+           "values": [v for _, _, v in by_lambda], "uncompressed": env.uncompressed,
+           "envelope": {"bpp_payload": env.bpp, "values": env.values}, "choice": c}
+    log(f"{task}: ladder {c['ladder']}, anchors {c['anchors']} ({c['why_lowest']}; "
+        f"{c['why_highest']})")
+    return row
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=ORDER)
@@ -239,74 +270,26 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     t0, log, tasks = start_choice(args.split, args.tasks)
     root = RESULTS / "ra_runs"
-    if args.rule in ("candidates", "per-lambda"):
-        if args.rule == "per-lambda":
-            summary = choose_per_lambda(args, tasks, root, log)
-            rule = __doc__.split("``--rule per-lambda`` ")[1].split("\n\nThe first rule")[0]
-            name = f"ladders_{args.split}_per_lambda.json"
-        else:
-            first = (json.loads(args.first_rule.read_text())["summary"] if args.first_rule
-                     else None)
-            summary = {}
-            for task in tasks:
-                summary[task] = choose_candidates(args, task, root, log, first)
-                log(f"{task}: {summary[task]['choice']}")
-            rule = (__doc__.split("``--rule candidates`` (the second rule): ")[1]
-                    .split("\n\n``--rule per-lambda``")[0])
-            name = f"ladders_{args.split}_candidates.json"
-        doc = {"provenance": provenance(),
-               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at "
-                           f"{args.size} px",
-               "rule": rule.strip(), "summary": summary,
-               "seconds": round(time.perf_counter() - t0, 1)}
-        committed = args.summary or RESULTS / name
-        write_text(committed, json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {committed}")
-        return doc
-    summary = {}
-    for task in tasks:
-        now = TASK_RATE_LAMBDAS[task]
-        grid = geometric(now[0] / 4, now[-1] * 2, ANCHORS)
-        base = train_cached(["experiment=quick", f"task={task}", "model.compression=false",
-                             f"train.max_steps={args.steps}"], root, settings=RATE_SETTINGS,
-                            retrain=args.retrain, log=log)[2]
-        wide = train_cached(["experiment=quick_vr", f"task={task}",
-                             "model.rate_lambdas=[" + ",".join(map(repr, grid)) + "]",
-                             "name=vr-wide", f"train.max_steps={args.steps}"], root,
-                            settings=RATE_SETTINGS, retrain=args.retrain, log=log)[2]
-        result = compare([wide], [base], codecs=args.codecs.split(","),
-                         scales=[float(s) for s in args.scales.split(",")],
-                         preprocessor="none", images=args.images, size=args.size,
-                         out=args.out / task, split=args.split, seed=args.seed, log=log,
-                         metric_options={"boundary": {"n_thresholds": 19}})
-        learned = next(c for c in result.curves[task] if c.kind == "learned").at_rate("payload")
-        env = next(c for c in result.curves[task] if c.name == ENVELOPE and c.rate == "payload")
-        # the sweep's rates are the anchors: each point is the model at one grid lambda
-        by_lambda = sorted(zip([pt["lmbda"] for pt in learned.points], learned.bpp,
-                               learned.values))
-        assert all(math.isclose(a, g, rel_tol=1e-6) for (a, _, _), g in zip(by_lambda, grid))
-        spec = get_task(task)
-        c = choose(grid, [b for _, b, _ in by_lambda], [v for _, _, v in by_lambda],
-                   spec.higher_is_better, min(env.bpp), args.flat, args.min_span)
-        summary[task] = {"metric": spec.metric, "grid": grid,
-                         "bpp_payload": [b for _, b, _ in by_lambda],
-                         "values": [v for _, _, v in by_lambda],
-                         "uncompressed": env.uncompressed,
-                         "envelope": {"bpp_payload": env.bpp, "values": env.values},
-                         "choice": c}
-        log(f"{task}: ladder {c['ladder']}, anchors {c['anchors']} ({c['why_lowest']}; "
-            f"{c['why_highest']})")
-    doc = {"provenance": provenance(),
-           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
-           "rule": __doc__.split("3. the rule")[1].split("``--rule candidates``")[0].strip(),
-           "summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
-    committed = args.summary or RESULTS / f"ladders_{args.split}.json"
-    write_text(committed, json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {committed}")
+    if args.rule == "per-lambda":
+        summary = choose_per_lambda(args, tasks, root, log)
+        rule = __doc__.split("``--rule per-lambda`` ")[1].split("\n\nThe first rule")[0]
+        name = f"ladders_{args.split}_per_lambda.json"
+    elif args.rule == "candidates":
+        first = json.loads(args.first_rule.read_text())["summary"] if args.first_rule else None
+        summary = {}
+        for task in tasks:
+            summary[task] = choose_candidates(args, task, root, log, first)
+            log(f"{task}: {summary[task]['choice']}")
+        rule = (__doc__.split("``--rule candidates`` (the second rule): ")[1]
+                .split("\n\n``--rule per-lambda``")[0])
+        name = f"ladders_{args.split}_candidates.json"
+    else:
+        summary = {task: choose_wide(args, task, root, log) for task in tasks}
+        rule = __doc__.split("3. the rule")[1].split("``--rule candidates``")[0]
+        name = f"ladders_{args.split}.json"
+    doc = results_doc(args, t0, rule=rule.strip(), summary=summary)
+    write_results(doc, args.summary or RESULTS / name, log)
     return doc
-
 
 if __name__ == "__main__":
     main()

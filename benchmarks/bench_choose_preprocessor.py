@@ -27,17 +27,14 @@ Writes ``results/preprocessor_val.json`` (``choice``: the lambda and why). The p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
-from _runs import RATE_SETTINGS, provenance, start_choice, train_cached
+from _runs import RATE_SETTINGS, results_doc, start_choice, train_cached, write_results
 from bench_rate_modes import _bd_row
 
 from icm_core.baselines.preprocessor import PreprocessorConfig
 from icm_core.evaluation.results import ENVELOPE, PREPROC_ENVELOPE
-from icm_core.files import write_text
 from icm_core.studies.compare import compare
 from icm_core.studies.demo import TASK_RATE_LAMBDAS
 
@@ -97,19 +94,13 @@ def main(argv=None) -> dict:
     if not eligible:
         raise SystemExit(f"no lambda has a BD-rate on every task: {per_lambda}")
     best = min(eligible, key=lambda k: eligible[k]["mean_bd_rate"])
-    doc = {"provenance": provenance(),
-           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
-           "rule": __doc__.split("3. the rule: ")[1].split("\n\nWrites")[0].strip(),
-           "per_lambda": per_lambda,
-           "choice": {"lmbda": eligible[best]["lmbda"],
-                      "why": f"lowest mean validation BD-rate (payload) of the pre-processor "
-                             f"envelope vs plain JPEG over {', '.join(tasks)}: "
-                             f"{eligible[best]['mean_bd_rate']:+.1f} %"},
-           "seconds": round(time.perf_counter() - t0, 1)}
-    committed = args.summary or RESULTS / f"preprocessor_{args.split}.json"
-    write_text(committed, json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {committed}: lambda {doc['choice']['lmbda']:g} ({doc['choice']['why']})")
+    choice = {"lmbda": eligible[best]["lmbda"],
+              "why": f"lowest mean validation BD-rate (payload) of the pre-processor envelope vs "
+                     f"plain JPEG over {', '.join(tasks)}: {eligible[best]['mean_bd_rate']:+.1f} %"}
+    doc = results_doc(args, t0, rule=__doc__.split("3. the rule: ")[1].split("\n\nWrites")[0]
+                      .strip(), per_lambda=per_lambda, choice=choice)
+    write_results(doc, args.summary or RESULTS / f"preprocessor_{args.split}.json", log,
+                  f": lambda {choice['lmbda']:g} ({choice['why']})")
     return doc
 
 

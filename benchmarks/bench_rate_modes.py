@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 
 import torch
-from _runs import RATE_SETTINGS, provenance, timed_log, train_cached, trained_seconds
+from _runs import (
+    RATE_SETTINGS,
+    results_doc,
+    timed_log,
+    train_cached,
+    trained_seconds,
+    write_results,
+)
 
 from icm_core.baselines.classical import DEFAULT_CODECS, available_codecs
 from icm_core.codec import coder
@@ -218,17 +225,11 @@ def main(argv=None) -> dict:
                                                 args.timing_repeats)}
         log(f"{task}: vs best-classical (payload) {row['vs_best_classical']}; vs per-lambda: "
             f"{row['vs_per_lambda_payload']}")
-    doc = {"provenance": provenance(),
-           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "held_out": f"{args.images} {args.split} scenes of seed {args.seed} at {args.size} px",
-           "codecs": args.codecs, "summary": summary,
-           "ladders_chosen_on": (json.loads(args.ladders.read_text())["held_out"]
-                                 if args.ladders else "the package's ladders"),
-           "seconds": round(time.perf_counter() - t0, 1)}
+    doc = results_doc(args, t0, codecs=args.codecs, summary=summary,
+                      ladders_chosen_on=(json.loads(args.ladders.read_text())["held_out"]
+                                         if args.ladders else "the package's ladders"))
     write_text(args.out / "summary.json", json.dumps(doc, indent=2))
-    committed = args.summary or RESULTS / f"rate_modes_{args.split}.json"
-    write_text(committed, json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {committed}")
+    write_results(doc, args.summary or RESULTS / f"rate_modes_{args.split}.json", log)
     return doc
 
 

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_choose_ladders import ladder_candidates, pick_ladder  # noqa: E402
+from bench_choose_ladders import geometric, ladder_candidates, pick_ladder  # noqa: E402
 
 from icm_core.studies.demo import TASK_LAMBDAS, TASK_RATE_LAMBDAS  # noqa: E402
 from icm_core.tasks.registry import TASKS  # noqa: E402
@@ -20,6 +20,9 @@ def test_candidates_are_the_package_halved_and_the_anchor_span():
     for task in TASKS:
         c = ladder_candidates(task)
         assert len({tuple(v) for v in c.values()}) == len(c)  # no ladder twice
+        assert {"package", "lower"} <= set(c)  # halving always gives another ladder
+        span = geometric(TASK_RATE_LAMBDAS[task][0], TASK_RATE_LAMBDAS[task][-1], 3)
+        assert "anchor-span" in c or span in c.values()  # left out only as a repeat
         for ladder in c.values():
             assert len(ladder) == 3 and ladder == sorted(ladder)
         assert c["package"] == list(TASK_LAMBDAS[task])
